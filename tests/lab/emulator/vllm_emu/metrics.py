@@ -1,0 +1,106 @@
+"""vLLM 0.33's Prometheus metrics (names, types, labels, buckets), moved by the traffic the emulator serves."""
+
+import threading
+import time
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+TOKEN_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                         10.0, 20.0, 40.0, 80.0)
+REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+                           120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+COUNTERS = {
+    "vllm:prompt_tokens": "Number of prefill tokens processed.",
+    "vllm:generation_tokens": "Number of generation tokens processed.",
+    "vllm:num_preemptions": "Cumulative number of preemption from the engine.",
+    "vllm:prefix_cache_queries": "Prefix cache queries, in terms of number of queried tokens.",
+    "vllm:prefix_cache_hits": "Prefix cache hits, in terms of number of cached tokens.",
+}
+HISTOGRAMS = {
+    "vllm:time_to_first_token_seconds": ("Histogram of time to first token in seconds.", TTFT_BUCKETS),
+    "vllm:inter_token_latency_seconds": ("Histogram of inter-token latency in seconds.", TOKEN_LATENCY_BUCKETS),
+    "vllm:request_time_per_output_token_seconds": ("Histogram of time_per_output_token_seconds per request.",
+                                                   TOKEN_LATENCY_BUCKETS),
+    "vllm:e2e_request_latency_seconds": ("Histogram of e2e request latency in seconds.", REQUEST_LATENCY_BUCKETS),
+    "vllm:request_queue_time_seconds": ("Histogram of time spent in WAITING phase for request.",
+                                        REQUEST_LATENCY_BUCKETS),
+}
+
+
+class Histogram:
+    def __init__(self, buckets):
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value):
+        self.count += 1
+        self.sum += value
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+
+
+def _value(number):
+    return repr(float(number))
+
+
+class Metrics:
+    def __init__(self, model_name):
+        self.labels = 'engine="0",model_name="%s"' % model_name
+        self.lock = threading.Lock()
+        self.created = time.time()
+        self.counters = {name: 0 for name in COUNTERS}
+        self.success = {"stop": 0, "length": 0, "abort": 0}
+        self.histograms = {name: Histogram(buckets) for name, (_, buckets) in HISTOGRAMS.items()}
+        self.running = 0
+        self.waiting = 0
+        self.kv_cache_usage = 0.0
+
+    def add(self, name, amount):
+        with self.lock:
+            self.counters[name] += amount
+
+    def observe(self, name, value):
+        with self.lock:
+            self.histograms[name].observe(value)
+
+    def finished(self, reason):
+        with self.lock:
+            self.success[reason] = self.success.get(reason, 0) + 1
+
+    def render(self, extra_waiting=0, kv_override=None):
+        lines = []
+
+        def family(name, kind, help_text):
+            lines.append("# HELP %s %s" % (name, help_text))
+            lines.append("# TYPE %s %s" % (name, kind))
+
+        with self.lock:
+            kv = self.kv_cache_usage if kv_override is None else kv_override
+            for name, help_text, value in (
+                    ("vllm:num_requests_running", "Number of requests in model execution batches.", self.running),
+                    ("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
+                     self.waiting + extra_waiting),
+                    ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", kv)):
+                family(name, "gauge", help_text)
+                lines.append("%s{%s} %s" % (name, self.labels, _value(value)))
+            for name, help_text in COUNTERS.items():
+                family(name + "_total", "counter", help_text)
+                lines.append("%s_total{%s} %s" % (name, self.labels, _value(self.counters[name])))
+                lines.append("%s_created{%s} %s" % (name, self.labels, _value(self.created)))
+            family("vllm:request_success_total", "counter", "Count of successfully processed requests.")
+            for reason, count in sorted(self.success.items()):
+                lines.append('vllm:request_success_total{%s,finished_reason="%s"} %s' % (
+                    self.labels, reason, _value(count)))
+            for name, (help_text, _) in HISTOGRAMS.items():
+                hist = self.histograms[name]
+                family(name, "histogram", help_text)
+                for bound, count in zip(hist.buckets, hist.counts):
+                    lines.append('%s_bucket{%s,le="%s"} %s' % (name, self.labels, bound, _value(count)))
+                lines.append('%s_bucket{%s,le="+Inf"} %s' % (name, self.labels, _value(hist.count)))
+                lines.append("%s_count{%s} %s" % (name, self.labels, _value(hist.count)))
+                lines.append("%s_sum{%s} %s" % (name, self.labels, _value(hist.sum)))
+        return "\n".join(lines) + "\n"
