@@ -55,6 +55,7 @@ def default_state(host="lab", gpu_count=8):
             "ecc_corrected_volatile": 0,
             "numa_node": 0 if index < gpu_count // 2 else 1,
             "pci_switch": index // 2,
+            "host_bridge": index // 2,
             "lost": False,
             "mig_devices": [],
         })
@@ -130,8 +131,14 @@ def claim_path(pid=None):
     return os.path.join(CLAIMS_DIR, "%d-%d.json" % (os.stat("/proc/self/ns/pid").st_ino, pid))
 
 
+_held_claims = {}
+
+
 def write_claim(gpu_memory_mib, utilization=0, name=None, owner=None):
-    """Record that this process uses `gpu_memory_mib` ({uuid: MiB}) until it exits or drops the claim."""
+    """Record that this process uses `gpu_memory_mib` ({uuid: MiB}) until it exits or drops the claim.
+
+    The process keeps an exclusive flock on its claim file: the fake NVML counts the claim only while the lock
+    is held, so the memory is released when the process dies, even by SIGKILL, as with the real driver."""
     os.makedirs(CLAIMS_DIR, exist_ok=True)
     claim = {
         "pidns": os.stat("/proc/self/ns/pid").st_ino,
@@ -144,16 +151,24 @@ def write_claim(gpu_memory_mib, utilization=0, name=None, owner=None):
     }
     path = claim_path()
     fd, tmp = tempfile.mkstemp(dir=CLAIMS_DIR, prefix=".claim.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(claim, handle)
-    os.chmod(tmp, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # taken before the rename, so the claim is never seen unlocked
+    os.write(fd, json.dumps(claim).encode())
+    os.fchmod(fd, 0o644)
     os.replace(tmp, path)
+    old = _held_claims.pop(path, None)
+    if old is not None:
+        os.close(old)
+    _held_claims[path] = fd
     return path
 
 
 def drop_claim():
+    path = claim_path()
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(claim_path())
+        os.unlink(path)
+    fd = _held_claims.pop(path, None)
+    if fd is not None:
+        os.close(fd)
 
 
 # ---- reading through NVML, like the real tools do ----

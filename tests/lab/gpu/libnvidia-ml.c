@@ -2,10 +2,11 @@
  * A stand-in libnvidia-ml.so.1 for the inferops lab. The real nvidia-ml-py bindings load it unchanged.
  *
  * The GPUs come from a JSON state file (/etc/inferops-lab/gpus.json); the processes that use them from
- * claim files (one JSON file per process in /var/lib/inferops-lab/claims) written by the processes themselves (the vLLM emulator,
- * `inferops-lab occupy`). A claim names its PID namespace and its PID there, so a claim made inside a
- * container resolves to the host PID, as the real driver reports it; a claim whose process is gone no
- * longer holds memory, as with the real driver.
+ * claim files (one JSON file per process in /var/lib/inferops-lab/claims) written by the processes
+ * themselves (the vLLM emulator, `inferops-lab occupy`). The claiming process holds an exclusive flock on
+ * its file for as long as it lives, so the memory is freed when the process exits, however it dies, as with
+ * the real driver, and that is visible from any PID namespace. A claim also names its PID namespace and its
+ * PID there, so a claim made inside a container is reported with the host PID, as the real driver does.
  *
  * Inside a container started with --gpus, the lab's runtime hook mounts a visible-devices file: only those
  * GPUs are enumerated, renumbered from 0, with their real UUIDs.
@@ -15,6 +16,8 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -238,7 +241,7 @@ static nvmlReturn_t refresh(void)
 /* ---- processes: claim files resolved to PIDs of this PID namespace ---- */
 
 struct proc_use {
-    unsigned pid;
+    unsigned pid; /* 0: alive, but in a PID namespace this process cannot see */
     unsigned long long used_mib;
     unsigned utilization;
 };
@@ -327,6 +330,15 @@ static int claims_for(const char *uuid, struct proc_use *out, int max)
             continue;
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", claims_dir(), e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+            /* Nobody holds the claim's lock: its process is gone, and so is its memory. */
+            close(fd);
+            continue;
+        }
+        close(fd);
         char *text = json_read_file(path);
         struct jnode *claim = text ? json_parse(text) : NULL;
         free(text);
@@ -334,15 +346,12 @@ static int claims_for(const char *uuid, struct proc_use *out, int max)
             continue;
         const struct jnode *use = json_get(json_get(claim, "gpus"), uuid);
         if (use && use->type == J_NUM) {
-            unsigned pid = resolve_pid((unsigned long long)json_num(claim, "pidns", 0),
-                                       (unsigned)json_num(claim, "pid", 0),
-                                       (unsigned long long)json_num(claim, "starttime", 0));
-            if (pid) {
-                out[n].pid = pid;
-                out[n].used_mib = (unsigned long long)use->num;
-                out[n].utilization = (unsigned)json_num(claim, "utilization", 0);
-                n++;
-            }
+            out[n].pid = resolve_pid((unsigned long long)json_num(claim, "pidns", 0),
+                                     (unsigned)json_num(claim, "pid", 0),
+                                     (unsigned long long)json_num(claim, "starttime", 0));
+            out[n].used_mib = (unsigned long long)use->num;
+            out[n].utilization = (unsigned)json_num(claim, "utilization", 0);
+            n++;
         }
         json_free(claim);
     }
@@ -750,17 +759,22 @@ static nvmlReturn_t running_processes(void *device, unsigned int *count, nvmlPro
         for (int k = 0; k < g->n_mig && n < MAX_PROCS; k++)
             n += claims_for(g->mig[k]->uuid, procs + n, MAX_PROCS - n);
     }
-    if (!infos || *count < (unsigned)n) {
-        *count = (unsigned)n;
-        return leave(n == 0 ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE);
+    /* Processes of PID namespaces we cannot see still use memory, but are not listed (as in containers). */
+    int listed = 0;
+    for (int i = 0; i < n; i++)
+        if (procs[i].pid)
+            procs[listed++] = procs[i];
+    if (!infos || *count < (unsigned)listed) {
+        *count = (unsigned)listed;
+        return leave(listed == 0 ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE);
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < listed; i++) {
         infos[i].pid = procs[i].pid;
         infos[i].usedGpuMemory = procs[i].used_mib * MIB;
         infos[i].gpuInstanceId = m ? m->slot : NO_INSTANCE;
         infos[i].computeInstanceId = m ? 0 : NO_INSTANCE;
     }
-    *count = (unsigned)n;
+    *count = (unsigned)listed;
     return leave(NVML_SUCCESS);
 }
 

@@ -5,6 +5,7 @@ import sys
 
 VERSION = "0.33.0"
 
+
 def str2bool(text):
     if text.lower() in ("true", "1", "yes"):
         return True

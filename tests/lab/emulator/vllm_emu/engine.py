@@ -137,7 +137,7 @@ def visible_gpus():
 
 def plan(args, devices, faults):
     """vLLM's start-up memory checks. Returns a Plan: memory held per GPU, weights, KV cache, max model len."""
-    params, default_len, _ = model_profile(args)
+    params, default_len = model_profile(args)[:2]
     world = args.tensor_parallel_size * args.pipeline_parallel_size
     if world > len(devices):
         raise StartupError([

@@ -79,7 +79,7 @@ def main(argv):
             raise engine.StartupError([
                 "huggingface_hub.errors.RepositoryNotFoundError: 404 Client Error. (Request ID: Root=1-lab)",
                 "Repository Not Found for url: https://huggingface.co/api/models/%s." % args.model_tag])
-        _, default_len, arch = engine.model_profile(args)
+        default_len, arch = engine.model_profile(args)[1:]
         log.info("model.py:547", "Resolved architecture: %s" % arch)
         log.info("model.py:1510", "Using max model len %d" % (args.max_model_len or default_len))
         if current.get("tokenizer_error"):
@@ -148,7 +148,7 @@ def watchdog(state, workers):
         dead_worker = None
         for pid in workers:
             try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
+                done = os.waitpid(pid, os.WNOHANG)[0]
             except ChildProcessError:
                 done = pid
             if done:

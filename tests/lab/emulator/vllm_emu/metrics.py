@@ -54,7 +54,7 @@ class Metrics:
         self.created = time.time()
         self.counters = {name: 0 for name in COUNTERS}
         self.success = {"stop": 0, "length": 0, "abort": 0}
-        self.histograms = {name: Histogram(buckets) for name, (_, buckets) in HISTOGRAMS.items()}
+        self.histograms = {name: Histogram(spec[1]) for name, spec in HISTOGRAMS.items()}
         self.running = 0
         self.waiting = 0
         self.kv_cache_usage = 0.0
@@ -95,7 +95,7 @@ class Metrics:
             for reason, count in sorted(self.success.items()):
                 lines.append('vllm:request_success_total{%s,finished_reason="%s"} %s' % (
                     self.labels, reason, _value(count)))
-            for name, (help_text, _) in HISTOGRAMS.items():
+            for name, (help_text, _buckets) in HISTOGRAMS.items():
                 hist = self.histograms[name]
                 family(name, "histogram", help_text)
                 for bound, count in zip(hist.buckets, hist.counts):

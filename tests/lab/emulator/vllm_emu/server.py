@@ -56,8 +56,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_request(self, code="-", size="-"):
         phrase = self.responses.get(int(code), ("",))[0] if str(code).isdigit() else ""
-        log.access('%s:%d - "%s" %s %s' % (self.client_address[0], self.client_address[1], self.requestline,
-                                            code, phrase))
+        client = "%s:%d" % self.client_address[:2]
+        log.access('%s - "%s" %s %s' % (client, self.requestline, code, phrase))
 
     # ---- plumbing ----
 
@@ -245,7 +245,7 @@ class Generation:
             time.sleep(itl * (len(tokens) - 1))
             self._send_whole(tokens, reason)
         elapsed = time.monotonic() - start
-        for _ in tokens[1:]:
+        for _token in tokens[1:]:
             m.observe("vllm:inter_token_latency_seconds", itl)
         m.observe("vllm:request_time_per_output_token_seconds", (elapsed - ttft) / max(len(tokens) - 1, 1))
         m.observe("vllm:e2e_request_latency_seconds", elapsed)

@@ -6,7 +6,7 @@ set -euo pipefail
 
 image="${1:?usage: build.sh IMAGE:TAG}"
 suite=bookworm
-packages=python3,systemd,systemd-sysv,dbus,iproute2,sudo,ca-certificates,python3-apt
+packages=python3,python-is-python3,systemd,systemd-sysv,dbus,iproute2,sudo,ca-certificates,python3-apt
 
 # The mirror is the machine's own (its apt sources), never a host written into this repo.
 mirror="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)"
@@ -38,6 +38,8 @@ rm -f "$rootfs/var/lib/dbus/machine-id"
 
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
     "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
+# The package lists are gone: date them in the past, so `apt: cache_valid_time` refreshes them first.
+touch -d @0 "$rootfs/var/lib/apt/lists"
 
 tar -C "$rootfs" --numeric-owner -c . |
     docker import \

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Turns the base image into a lab host: Debian's docker.io, and the stand-ins for what a GPU host has
 # (NVIDIA's driver user-space, container toolkit hook) and for vLLM. Runs inside the build container.
 # Usage: provision.sh STAGE_DIR
@@ -10,6 +10,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     docker.io python3-docker python3-requests procps curl openssl iptables less >/dev/null
 rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+touch -d @0 /var/lib/apt/lists
 
 # The driver's user-space lives in the driver directory; the usual links point at it, as Debian's packages do.
 install -D -m 0755 "$stage/libnvidia-ml.so.1" /usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.1

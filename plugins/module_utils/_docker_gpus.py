@@ -1,0 +1,65 @@
+# Copyright: inferops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""GPU IDs for Docker, quoted correctly for each consumer.
+
+docker's CLI parses the value of ``--gpus`` as ONE CSV record, so ``device=4,5`` becomes the two fields
+``device=4`` and ``5``, and the daemon refuses it ("cannot set both Count and DeviceIDs on device request").
+The value must itself carry the double quotes: the argv element is ``"device=4,5"``; in a shell that is
+``'"device=4,5"'``; in a systemd ExecStart= line, systemd's own quoting applies. The Docker Engine API takes
+the IDs as a list (DeviceRequests) and needs no quoting at all.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+
+# A GPU index, a GPU UUID, or a MIG device UUID (current "MIG-<uuid>" and legacy "MIG-GPU-<uuid>/<gi>/<ci>").
+_GPU_ID = re.compile(
+    r"^(?:\d{1,3}"
+    r"|GPU-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+    r"|MIG-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+    r"|MIG-GPU-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}/\d+/\d+)$"
+)
+
+
+class GpuIdError(ValueError):
+    """A GPU ID that is not an index or a GPU/MIG UUID."""
+
+
+def normalize_ids(ids):
+    """The IDs as strings, checked. Raises GpuIdError naming the first bad one."""
+    if isinstance(ids, (str, int)):
+        ids = [ids]
+    if not ids:
+        raise GpuIdError("no GPU IDs given: pass a list of indices (e.g. [4, 5]) or GPU UUIDs")
+    checked = []
+    for item in ids:
+        text = str(item).strip()
+        if isinstance(item, bool) or not _GPU_ID.match(text):
+            raise GpuIdError(
+                "%r is not a GPU ID: use an index (0-999), a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx) "
+                "or a MIG UUID" % (item,))
+        checked.append(text)
+    return checked
+
+
+def device_requests(ids):
+    """DeviceRequests for the Docker Engine API / SDK / community.docker: no CSV parser, no quoting."""
+    return [{"driver": "nvidia", "device_ids": normalize_ids(ids), "capabilities": [["gpu"]]}]
+
+
+def gpus_argv(ids):
+    """The single argv element for ``docker run --gpus``: the quotes are part of the value."""
+    return '"device=%s"' % ",".join(normalize_ids(ids))
+
+
+def gpus_shell(ids):
+    """The same value quoted for a POSIX shell, for humans and scripts."""
+    return "'%s'" % gpus_argv(ids)
+
+
+def gpus_systemd(ids):
+    """The same value as one word of a systemd ExecStart= line (systemd unquotes it to the argv element)."""
+    return "'%s'" % gpus_argv(ids)
