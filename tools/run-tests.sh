@@ -2,7 +2,7 @@
 # Runs the test stages in order and stops at the first red one. Called by `make test` (after `make setup`).
 # STAGES="unit lint" limits the run to some stages; the default is all of them, in this order.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 all_stages=(unit sanity lint build molecule lab)
 read -r -a stages <<<"${STAGES:-${all_stages[*]}}"
@@ -38,9 +38,11 @@ stage_lint() {
 
 stage_build() {
     rm -rf build/dist && mkdir -p build/dist
-    ansible-galaxy collection build --force --output-path build/dist . &&
-        (cd build/dist && python -m galaxy_importer.main inferops-vllm-*.tar.gz >importer.log 2>&1) ||
-        { tail -n 40 build/dist/importer.log >&2; return 1; }
+    ansible-galaxy collection build --force --output-path build/dist . || return 1
+    if ! (cd build/dist && python -m galaxy_importer.main inferops-vllm-*.tar.gz >importer.log 2>&1); then
+        tail -n 40 build/dist/importer.log >&2
+        return 1
+    fi
     grep -E '^(ERROR|WARNING)' build/dist/importer.log || true
     ! grep -q '^ERROR' build/dist/importer.log
 }

@@ -4,7 +4,7 @@
 # Idempotent: it installs only what is missing and starts dockerd only when it does not answer.
 set -euo pipefail
 
-packages=(docker.io debootstrap gcc libc6-dev make git iptables ca-certificates openssl)
+packages=(docker.io debootstrap gcc libc6-dev make git iptables ca-certificates openssl shellcheck)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 name: docker_gpus
 short_description: Quote GPU IDs for C(docker run --gpus), correctly
 version_added: 0.1.0
-author: inferops contributors
+author: inferops maintainers (@inferops)
 description:
   - Turns a list of GPU indices or UUIDs into the value of C(docker run --gpus), quoted for where it goes.
   - docker's CLI reads the value as one CSV record, so C(device=4,5) must reach it with its double quotes.

@@ -1,0 +1,367 @@
+# Copyright: inferops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Least-loaded healthy GPU selection, and the backends that observe the GPUs.
+
+Backends, in the order `auto` tries them: NVML in-process, the nvidia-smi CSV query, and nvidia-smi inside
+`docker run --gpus all <image>`. Each is bounded by a timeout. A backend either returns what it observed or
+raises BackendError saying what it ran and what came back: nothing here ever invents a GPU index.
+
+Ranking follows nvitop: most free memory first, then lowest utilization, then the higher index, which keeps
+low indices (often shared, interactive GPUs) free. The same input always gives the same answer.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import itertools
+import subprocess
+import uuid
+
+from ansible_collections.inferops.vllm.plugins.module_utils import _nvml
+
+SMI_FIELDS = ("index", "uuid", "name", "pci.bus_id", "memory.total", "memory.used", "memory.free",
+              "utilization.gpu", "temperature.gpu", "ecc.errors.uncorrected.volatile.total", "mig.mode.current",
+              "persistence_mode")
+SMI_QUERY = ["--query-gpu=" + ",".join(SMI_FIELDS), "--format=csv,noheader,nounits"]
+SMI_APPS = ["--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits"]
+EXHAUSTIVE_LIMIT = 20000  # candidate sets examined for topology before falling back to a greedy choice
+UNREADABLE = "unreadable"
+
+
+class BackendError(Exception):
+    """A backend could not observe the GPUs."""
+
+
+class SelectionError(Exception):
+    """The GPUs were observed, but the request cannot be met. The message explains each GPU."""
+
+
+# ---- running commands with a deadline ----
+
+def run_command(argv, timeout):
+    """(rc, stdout, stderr) of argv, killed after `timeout` seconds. Raises BackendError on timeout or when the
+    executable is missing, naming the command."""
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise BackendError("`%s` could not start: %s" % (argv[0], exc.strerror or exc))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise BackendError("`%s` did not finish within %ss and was killed" % (" ".join(argv), timeout))
+    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+# ---- backends ----
+
+def read_nvml(timeout, with_topology):
+    try:
+        snap = _nvml.snapshot(timeout=timeout, with_topology=with_topology)
+    except _nvml.NvmlError as exc:
+        raise BackendError(str(exc))
+    return {"backend": "nvml", "driver_version": snap["driver_version"], "devices": snap["devices"],
+            "topology": snap["topology"], "processes_visible": True}
+
+
+def _value(text):
+    text = text.strip()
+    if text in ("[N/A]", "N/A", "[Not Supported]", ""):
+        return None
+    if text == "Enabled":
+        return True
+    if text == "Disabled":
+        return False
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def parse_smi_gpus(text, command):
+    """Devices from `nvidia-smi --query-gpu=<SMI_FIELDS> --format=csv,noheader,nounits` output."""
+    devices = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split(", ")]
+        if len(cells) != len(SMI_FIELDS):
+            raise BackendError("`%s` printed a line with %d fields, expected %d: %r" % (
+                command, len(cells), len(SMI_FIELDS), line))
+        row = dict(zip(SMI_FIELDS, [_value(c) for c in cells]))
+        if not isinstance(row["index"], int) or not isinstance(row["memory.total"], int):
+            raise BackendError("`%s` printed an unexpected line: %r" % (command, line))
+        devices.append({
+            "index": row["index"], "uuid": row["uuid"], "name": row["name"], "pci_bus_id": row["pci.bus_id"],
+            "memory_total_mib": row["memory.total"], "memory_used_mib": row["memory.used"],
+            "memory_free_mib": row["memory.free"], "utilization_gpu": row["utilization.gpu"],
+            "temperature_c": row["temperature.gpu"],
+            "ecc_uncorrected_volatile": row["ecc.errors.uncorrected.volatile.total"],
+            "persistence_mode": bool(row["persistence_mode"]), "mig_enabled": bool(row["mig.mode.current"]),
+            "mig_devices": [], "processes": [],
+        })
+    if not devices:
+        raise BackendError("`%s` listed no GPUs" % command)
+    return devices
+
+
+def parse_smi_apps(text, devices):
+    by_uuid = dict((d["uuid"], d) for d in devices)
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split(", ")]
+        if len(cells) == 3 and cells[0] in by_uuid:
+            by_uuid[cells[0]]["processes"].append({"pid": _value(cells[1]), "used_memory_mib": _value(cells[2])})
+
+
+def _smi_result(argv_prefix, timeout):
+    command = " ".join(argv_prefix + SMI_QUERY)
+    rc, out, err = run_command(argv_prefix + SMI_QUERY, timeout)
+    if rc != 0:
+        raise BackendError("`%s` exited %d: %s" % (command, rc, (out + err).strip()[:500]))
+    return parse_smi_gpus(out, command)
+
+
+def read_nvidia_smi(timeout, executable="nvidia-smi"):
+    devices = _smi_result([executable], timeout)
+    rc, out, err = run_command([executable] + SMI_APPS, timeout)
+    if rc != 0:
+        raise BackendError("`%s %s` exited %d: %s" % (executable, " ".join(SMI_APPS), rc, (out + err).strip()[:500]))
+    parse_smi_apps(out, devices)
+    return {"backend": "nvidia-smi", "devices": devices, "topology": None, "processes_visible": True}
+
+
+def read_docker(image, timeout, pull=False, executable="docker"):
+    if not image:
+        raise BackendError("skipped: the docker backend runs only when docker_image is given")
+    name = "inferops-gpu-select-%s" % uuid.uuid4().hex[:12]
+    prefix = [executable, "run", "--rm", "--name", name, "--gpus", "all", "--pull", "always" if pull else "never",
+              "--entrypoint", "nvidia-smi", image]
+    try:
+        devices = _smi_result(prefix, timeout)
+    except BackendError:
+        # A killed `docker run` can leave its container behind; remove it, quietly.
+        try:
+            run_command([executable, "rm", "-f", name], timeout)
+        except BackendError:
+            pass
+        raise
+    # Processes of other PID namespaces are invisible from inside a container.
+    return {"backend": "docker", "devices": devices, "topology": None, "processes_visible": False}
+
+
+def observe(backend, timeout, docker_image=None, docker_pull=False, with_topology=False):
+    """The GPUs as the first working backend sees them, and what each backend tried: (observation, attempts)."""
+    order = ["nvml", "nvidia-smi", "docker"] if backend == "auto" else [backend]
+    readers = {
+        "nvml": lambda: read_nvml(timeout, with_topology),
+        "nvidia-smi": lambda: read_nvidia_smi(timeout),
+        "docker": lambda: read_docker(docker_image, timeout, pull=docker_pull),
+    }
+    attempts = []
+    for name in order:
+        try:
+            observation = readers[name]()
+        except BackendError as exc:
+            attempts.append({"backend": name, "ok": False, "error": str(exc)})
+            continue
+        attempts.append({"backend": name, "ok": True, "error": None})
+        return observation, attempts
+    error = BackendError("no backend could read the GPUs: " + "; ".join(
+        "%s: %s" % (a["backend"], a["error"]) for a in attempts))
+    error.attempts = attempts
+    raise error
+
+
+# ---- selection ----
+
+class Constraints(object):
+    def __init__(self, count=1, min_free_memory_mib=0, max_utilization=None, exclude=(), require_idle=False,
+                 skip_ecc_errors=True, mig="skip", prefer_topology=None, id_type="index"):
+        self.count = count
+        self.min_free_memory_mib = min_free_memory_mib
+        self.max_utilization = max_utilization
+        self.exclude = [str(e) for e in exclude]
+        self.require_idle = require_idle
+        self.skip_ecc_errors = skip_ecc_errors
+        self.mig = mig
+        self.prefer_topology = count > 1 if prefer_topology is None else prefer_topology
+        self.id_type = id_type
+
+
+def check_exclude(devices, constraints):
+    """Every name in `exclude` must be a GPU (or MIG device) that exists here."""
+    known = set()
+    for device in devices:
+        known.update([str(device["index"]), device.get("uuid")])
+        known.update(m["uuid"] for m in device.get("mig_devices", []))
+    unknown = [e for e in constraints.exclude if e not in known]
+    if unknown:
+        indices = [d["index"] for d in devices]
+        raise SelectionError("exclude: %s do%s not exist on this host (GPUs here: indices %s, or their UUIDs)" % (
+            ", ".join(unknown), "es" if len(unknown) == 1 else "", ", ".join(str(i) for i in indices)))
+
+
+def _load_reasons(device, constraints, processes_visible):
+    """Why a GPU or MIG device cannot take the workload; [] when it can."""
+    reasons = []
+    free = device.get("memory_free_mib")
+    if free is None:
+        reasons.append("free memory unknown")
+    elif free < constraints.min_free_memory_mib:
+        reasons.append("%d MiB free < min_free_memory %d MiB" % (free, constraints.min_free_memory_mib))
+    util = device.get("utilization_gpu")
+    if constraints.max_utilization is not None and util is not None and util > constraints.max_utilization:
+        reasons.append("utilization %d%% > max_utilization %d%%" % (util, constraints.max_utilization))
+    if constraints.require_idle:
+        if not processes_visible:
+            reasons.append("compute processes are not visible to this backend, so idleness cannot be proven")
+        elif device.get("processes"):
+            reasons.append("%d compute process(es) running (pid %s)" % (
+                len(device["processes"]), ", ".join(str(p["pid"]) for p in device["processes"])))
+    return reasons
+
+
+def evaluate(observation, constraints):
+    """Annotates every device with `eligible` and `reasons`; returns the candidates (dicts with `kind`)."""
+    candidates = []
+    excluded = set(constraints.exclude)
+    for device in observation["devices"]:
+        reasons = []
+        if "error" in device:
+            reasons.append("unreadable: %s" % device["error"])
+        elif str(device["index"]) in excluded or device.get("uuid") in excluded:
+            reasons.append("excluded")
+        else:
+            ecc = device.get("ecc_uncorrected_volatile")
+            if constraints.skip_ecc_errors and ecc:
+                reasons.append("%d uncorrected volatile ECC error(s)" % ecc)
+            if device.get("mig_enabled"):
+                if constraints.mig == "skip":
+                    reasons.append("MIG enabled (set mig: use to select its MIG devices)")
+                elif observation["backend"] != "nvml":
+                    reasons.append("MIG enabled; MIG devices are read only through the nvml backend")
+                elif constraints.count > 1:
+                    reasons.append("MIG enabled; a process uses one MIG device, and count is %d" % constraints.count)
+                else:
+                    for mig in device.get("mig_devices", []):
+                        mig_reasons = list(reasons)
+                        if mig["uuid"] in excluded:
+                            mig_reasons.append("excluded")
+                        mig_reasons += _load_reasons(mig, constraints, observation["processes_visible"])
+                        mig["eligible"], mig["reasons"] = not mig_reasons, mig_reasons
+                        if not mig_reasons:
+                            candidates.append(dict(mig, kind="mig", index=device["index"], parent_uuid=device["uuid"],
+                                                   utilization_gpu=None))
+                    reasons.append("MIG enabled: its MIG devices are the candidates")
+            else:
+                reasons += _load_reasons(device, constraints, observation["processes_visible"])
+        device["eligible"] = not reasons
+        device["reasons"] = reasons
+        if not reasons:
+            candidates.append(dict(device, kind="gpu"))
+    return candidates
+
+
+def rank_key(candidate):
+    util = candidate.get("utilization_gpu")
+    return (-candidate["memory_free_mib"], util if util is not None else 0, -candidate["index"],
+            candidate.get("uuid") or "")
+
+
+def _worst_level(indices, topology):
+    worst = 0
+    for a, b in itertools.combinations(indices, 2):
+        level = topology.get(a, {}).get(b)
+        worst = max(worst, 99 if level is None else level)
+    return worst
+
+
+def _set_score(chosen, topology, positions):
+    """Lower is better: the farthest pair's topology level first; then, since tensor-parallel shards are equal,
+    the tightest GPU (least free memory, then highest utilization); then the ranking."""
+    indices = [c["index"] for c in chosen]
+    return (_worst_level(indices, topology),
+            -min(c["memory_free_mib"] for c in chosen),
+            max(c.get("utilization_gpu") or 0 for c in chosen),
+            sorted(positions[c["uuid"]] for c in chosen))
+
+
+def choose(candidates, count, topology, prefer_topology):
+    """The `count` candidates to use. With a topology and prefer_topology, the set whose farthest pair is the
+    closest (NVML common-ancestor level); otherwise simply the best ranked."""
+    ranked = sorted(candidates, key=rank_key)
+    if len(ranked) < count:
+        return None
+    if count == 1 or not prefer_topology or not topology:
+        return ranked[:count]
+    positions = dict((c["uuid"], pos) for pos, c in enumerate(ranked))
+    combos = 1
+    for k in range(count):
+        combos = combos * (len(ranked) - k) // (k + 1)
+    if combos <= EXHAUSTIVE_LIMIT:
+        best = min(itertools.combinations(ranked, count), key=lambda combo: _set_score(combo, topology, positions))
+        return sorted(best, key=rank_key)
+    # Too many sets to try: grow a set from each candidate by adding the GPU that keeps the set closest.
+    best = None
+    for seed in ranked:
+        chosen = [seed]
+        while len(chosen) < count:
+            rest = [c for c in ranked if c not in chosen]
+            chosen.append(min(rest, key=lambda c: _set_score(chosen + [c], topology, positions)))
+        score = _set_score(chosen, topology, positions)
+        if best is None or score < best[0]:
+            best = (score, chosen)
+    return sorted(best[1], key=rank_key)
+
+
+def explain(devices):
+    lines = []
+    for device in devices:
+        if device.get("eligible"):
+            lines.append("GPU %s: eligible (%s MiB free)" % (device["index"], device.get("memory_free_mib")))
+        else:
+            lines.append("GPU %s: %s" % (device["index"], "; ".join(device["reasons"])))
+        for mig in device.get("mig_devices", []):
+            if "eligible" in mig:
+                state = "eligible" if mig["eligible"] else "; ".join(mig["reasons"])
+                lines.append("  MIG %s: %s" % (mig["uuid"], state))
+    return lines
+
+
+def select(observation, constraints):
+    """The selection for `constraints` from what a backend observed. Raises SelectionError explaining why not."""
+    if constraints.count < 1:
+        raise SelectionError("count must be at least 1, got %d" % constraints.count)
+    devices = observation["devices"]
+    check_exclude(devices, constraints)
+    candidates = evaluate(observation, constraints)
+    topology = observation.get("topology")
+    chosen = choose(candidates, constraints.count, topology, constraints.prefer_topology)
+    if chosen is None:
+        raise SelectionError("%d GPU(s) requested, %d eligible on this host:\n  %s" % (
+            constraints.count, len(candidates), "\n  ".join(explain(devices))))
+    picked = set((c["kind"], c["uuid"]) for c in chosen)
+    for device in devices:
+        device["selected"] = ("gpu", device.get("uuid")) in picked
+        for mig in device.get("mig_devices", []):
+            mig["selected"] = ("mig", mig["uuid"]) in picked
+        if device["eligible"] and not device["selected"]:
+            device["reasons"] = ["eligible, not needed: others ranked higher"]
+    ids = []
+    for c in chosen:
+        if c["kind"] == "mig" or constraints.id_type == "uuid":
+            ids.append(c["uuid"])
+        else:
+            ids.append(str(c["index"]))
+    worst = _worst_level([c["index"] for c in chosen], topology) if topology and len(chosen) > 1 else None
+    return {
+        "gpus": [c["index"] for c in chosen],
+        "uuids": [c["uuid"] for c in chosen],
+        "ids": ids,
+        "topology": _nvml.TOPOLOGY_NAMES.get(worst) if worst is not None else None,
+    }

@@ -1,0 +1,184 @@
+# Copyright: inferops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""GPU state through NVML (nvidia-ml-py), shared by gpu_select and vllm_health.
+
+NVML calls go into the driver and can block when the driver is wedged, so every read runs in a worker thread
+bounded by a deadline: the caller gets an answer or a timeout, never a hang.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import threading
+import traceback
+
+try:
+    import pynvml
+except ImportError:
+    pynvml = None
+    PYNVML_IMPORT_ERROR = traceback.format_exc()
+else:
+    PYNVML_IMPORT_ERROR = None
+
+MIB = 1024 * 1024
+
+# nvmlDeviceGetTopologyCommonAncestor levels, closest first.
+TOPOLOGY_NAMES = {0: "internal", 10: "single", 20: "multiple", 30: "hostbridge", 40: "node", 50: "system"}
+
+
+class NvmlError(Exception):
+    """NVML is missing, failed, or did not answer in time. `code` is NVML's return code when there is one."""
+
+    def __init__(self, message, code=None):
+        super(NvmlError, self).__init__(message)
+        self.code = code
+
+
+def run_with_deadline(func, timeout, what):
+    """Runs func() in a daemon thread; raises NvmlError if it does not finish within `timeout` seconds."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = func()
+        except Exception as exc:  # pylint: disable=broad-except
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="inferops-nvml")
+    worker.daemon = True
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise NvmlError("%s did not answer within %ss (a wedged driver?)" % (what, timeout))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _nvml_error(exc, doing):
+    code = getattr(exc, "value", None)
+    return NvmlError("NVML %s failed: %s (NVML error %s)" % (doing, exc, code), code=code)
+
+
+def _optional(call, *args):
+    """The value, or None where NVML says the device does not support it (as nvidia-smi prints [N/A])."""
+    try:
+        return call(*args)
+    except pynvml.NVMLError as exc:
+        if getattr(exc, "value", None) == pynvml.NVML_ERROR_NOT_SUPPORTED:
+            return None
+        raise
+
+
+def _processes(handle):
+    found = []
+    for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+        used = proc.usedGpuMemory
+        found.append({"pid": int(proc.pid), "used_memory_mib": None if used is None else int(used) // MIB})
+    return found
+
+
+def _mig_devices(handle):
+    devices = []
+    count = _optional(pynvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+    for slot in range(count):
+        try:
+            mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+        except pynvml.NVMLError as exc:
+            if getattr(exc, "value", None) == pynvml.NVML_ERROR_NOT_FOUND:
+                continue
+            raise
+        memory = pynvml.nvmlDeviceGetMemoryInfo(mig)
+        devices.append({
+            "uuid": _text(pynvml.nvmlDeviceGetUUID(mig)),
+            "name": _text(pynvml.nvmlDeviceGetName(mig)),
+            "memory_total_mib": int(memory.total) // MIB,
+            "memory_used_mib": int(memory.used) // MIB,
+            "memory_free_mib": int(memory.free) // MIB,
+            "processes": _processes(mig),
+        })
+    return devices
+
+
+def _device(index):
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    utilization = _optional(pynvml.nvmlDeviceGetUtilizationRates, handle)
+    mig = _optional(pynvml.nvmlDeviceGetMigMode, handle)
+    mig_enabled = bool(mig and mig[0] == pynvml.NVML_DEVICE_MIG_ENABLE)
+    ecc = _optional(pynvml.nvmlDeviceGetTotalEccErrors, handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                    pynvml.NVML_VOLATILE_ECC)
+    return {
+        "index": index,
+        "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+        "name": _text(pynvml.nvmlDeviceGetName(handle)),
+        "pci_bus_id": _text(pynvml.nvmlDeviceGetPciInfo(handle).busId),
+        "memory_total_mib": int(memory.total) // MIB,
+        "memory_used_mib": int(memory.used) // MIB,
+        "memory_free_mib": int(memory.free) // MIB,
+        "utilization_gpu": None if utilization is None else int(utilization.gpu),
+        "temperature_c": _optional(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU),
+        "ecc_uncorrected_volatile": None if ecc is None else int(ecc),
+        "persistence_mode": bool(_optional(pynvml.nvmlDeviceGetPersistenceMode, handle)),
+        "mig_enabled": mig_enabled,
+        "mig_devices": _mig_devices(handle) if mig_enabled else [],
+        "processes": _processes(handle),
+    }
+
+
+def _topology(count):
+    """Pairwise nvmlDeviceGetTopologyCommonAncestor levels, {i: {j: level}}, for every pair of GPUs."""
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+    matrix = {}
+    for i in range(count):
+        matrix[i] = {}
+        for j in range(count):
+            if i == j:
+                matrix[i][j] = 0
+            elif j < i:
+                matrix[i][j] = matrix[j][i]
+            else:
+                matrix[i][j] = _optional(pynvml.nvmlDeviceGetTopologyCommonAncestor, handles[i], handles[j])
+    return matrix
+
+
+def _snapshot(indices, with_topology):
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        raise _nvml_error(exc, "initialisation (nvmlInit)")
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        wanted = range(count) if indices is None else [i for i in indices if 0 <= i < count]
+        devices = []
+        for index in wanted:
+            try:
+                devices.append(_device(index))
+            except pynvml.NVMLError as exc:
+                # A GPU that cannot be read (fallen off the bus, ...) is reported, not silently dropped.
+                devices.append({"index": index, "error": "NVML error %s: %s" % (getattr(exc, "value", None), exc)})
+        return {
+            "driver_version": _text(pynvml.nvmlSystemGetDriverVersion()),
+            "count": count,
+            "devices": devices,
+            "topology": _topology(count) if with_topology and count > 1 else None,
+        }
+    except pynvml.NVMLError as exc:
+        raise _nvml_error(exc, "query")
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def snapshot(timeout=10.0, indices=None, with_topology=False):
+    """Every GPU (or those in `indices`) as a dict of plain values, read through NVML within `timeout` seconds."""
+    if pynvml is None:
+        raise NvmlError("the nvidia-ml-py library (import pynvml) is not installed on this host")
+    return run_with_deadline(lambda: _snapshot(indices, with_topology), timeout, "NVML")
