@@ -28,7 +28,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@echo "venv: installing pinned tooling into $(VENV)"
-	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@set -o pipefail; $(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt \
+		-c constraints.txt 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 	@touch $@
 
 collection: $(COLLECTION_LINK)
