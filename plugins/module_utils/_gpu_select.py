@@ -15,10 +15,9 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import itertools
-import subprocess
 import uuid
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _nvml
+from ansible_collections.inferops.vllm.plugins.module_utils import _command, _nvml
 
 SMI_FIELDS = ("index", "uuid", "name", "pci.bus_id", "memory.total", "memory.used", "memory.free",
               "utilization.gpu", "temperature.gpu", "ecc.errors.uncorrected.volatile.total", "mig.mode.current",
@@ -37,22 +36,12 @@ class SelectionError(Exception):
     """The GPUs were observed, but the request cannot be met. The message explains each GPU."""
 
 
-# ---- running commands with a deadline ----
-
 def run_command(argv, timeout):
-    """(rc, stdout, stderr) of argv, killed after `timeout` seconds. Raises BackendError on timeout or when the
-    executable is missing, naming the command."""
+    """(rc, stdout, stderr) of argv within `timeout` seconds, or BackendError naming the command."""
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError as exc:
-        raise BackendError("`%s` could not start: %s" % (argv[0], exc.strerror or exc))
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise BackendError("`%s` did not finish within %ss and was killed" % (" ".join(argv), timeout))
-    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        return _command.run(argv, timeout)
+    except _command.CommandError as exc:
+        raise BackendError(str(exc))
 
 
 # ---- backends ----

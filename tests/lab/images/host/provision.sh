@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    docker.io python3-docker python3-requests procps curl openssl iptables less >/dev/null
+    docker.io python3-docker python3-requests python3-prometheus-client procps curl openssl iptables less >/dev/null
 rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 touch -d @0 /var/lib/apt/lists
 

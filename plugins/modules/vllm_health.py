@@ -1,0 +1,299 @@
+#!/usr/bin/python
+# Copyright: inferops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: vllm_health
+short_description: Tell whether a vLLM server really serves, and why not
+version_added: 0.1.0
+author: inferops maintainers (@inferops)
+description:
+  - Probes a vLLM OpenAI-compatible server and gives a verdict (C(status)), numbers (C(metrics), C(gpus)) and a
+    C(diagnosis) that points to the runbook that fixes the problem.
+  - "Probes, each with its own deadline inside O(timeout): TCP connect, C(/health), C(/version), C(/v1/models)
+    (the expected O(model) is served), C(/metrics) (parsed with prometheus_client; current and legacy vLLM metric
+    names), the GPUs through NVML, the container or unit state, and a real one-token streamed completion that
+    measures the time to first token. The completion is what detects an engine that hangs while C(/health)
+    answers 200 (vllm#17972)."
+  - Recent log lines (C(docker logs) or the journal) are scanned for known failure signatures (CUDA OOM, port in
+    use, missing tokenizer, driver too old, KV cache too small, model missing or gated, NCCL, refused flags,
+    engine death). Secrets in log evidence are masked.
+  - With O(wait_for=healthy) it polls until the server serves, reports the model-loading progress parsed from the
+    logs, and fails fast when the container or unit has exited or is crash-looping instead of waiting out
+    O(start_period).
+  - Always returns within its time budget, since every network step is bounded by an absolute deadline.
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Read-only, so it probes in check mode too.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+requirements:
+  - prometheus-client (C(prometheus_client)) to read C(/metrics).
+  - nvidia-ml-py (C(pynvml)) for GPU statistics.
+  - docker (the Docker SDK for Python) when O(container) is given.
+options:
+  url:
+    description: Base URL of the server, for example V(http://127.0.0.1:8000) or V(https://10.0.0.5:8443).
+    type: str
+    required: true
+  model:
+    description: The model name the server must serve (its C(--served-model-name)). Default is the first served.
+    type: str
+  api_key:
+    description: API key for C(/v1/*) (vLLM's C(--api-key)).
+    type: str
+  validate_certs:
+    description: Verify the server's TLS certificate.
+    type: bool
+    default: true
+  ca_path:
+    description: CA bundle to verify the server with (a private CA).
+    type: path
+  client_cert:
+    description: Client certificate for servers that require one (C(--ssl-cert-reqs 2)).
+    type: path
+  client_key:
+    description: Private key of O(client_cert).
+    type: path
+  timeout:
+    description:
+      - Seconds one complete probe may take. Each step has its own share; the test inference may use what is left.
+    type: float
+    default: 10
+  container:
+    description: Name of the Docker container running the server, to read its state and logs.
+    type: str
+  unit:
+    description: Name of the systemd unit running the server, to read its state and journal.
+    type: str
+  gpus:
+    description: Indices or UUIDs of the server's GPUs. Default is what the container's device requests or the
+      unit's C(CUDA_VISIBLE_DEVICES) say, else every GPU.
+    type: list
+    elements: str
+  log_lines:
+    description: How many recent log lines to scan.
+    type: int
+    default: 200
+  thresholds:
+    description: Limits above which a serving instance is V(degraded) (seed 001's alerts).
+    type: dict
+    default: {}
+    suboptions:
+      max_waiting:
+        description: Requests waiting in the scheduler queue (C(vllm:num_requests_waiting)).
+        type: int
+        default: 50
+      max_kv_cache_usage:
+        description: KV cache usage, 1 = 100 % (C(vllm:kv_cache_usage_perc)).
+        type: float
+        default: 0.95
+      max_ttft_p99:
+        description: 99th percentile time to first token, seconds, over the server's life.
+        type: float
+        default: 5.0
+      max_tpot_p99:
+        description: 99th percentile time per output token, seconds, over the server's life.
+        type: float
+        default: 0.1
+  fail_on:
+    description:
+      - When the task fails. V(unhealthy) fails on V(unhealthy) and V(down); V(degraded) also on V(degraded);
+        V(never) only reports, for runbooks that use the result as data.
+    type: str
+    choices: [unhealthy, degraded, never]
+    default: unhealthy
+  wait_for:
+    description: V(healthy) polls until the server serves (healthy or degraded); V(none) probes once.
+    type: str
+    choices: [none, healthy]
+    default: none
+  start_period:
+    description: With O(wait_for=healthy), seconds to wait for the model to load (big models take 10 to 15 minutes).
+    type: float
+    default: 900
+  poll_interval:
+    description: With O(wait_for=healthy), seconds between polls.
+    type: float
+    default: 0.5
+notes:
+  - Runs on the host of the server (or any host that reaches it); container, unit and GPU data come from the host
+    it runs on.
+"""
+
+EXAMPLES = r"""
+- name: Is it serving?
+  inferops.vllm.vllm_health:
+    url: http://127.0.0.1:8000
+    model: llama-70b
+    api_key: "{{ vllm_api_key }}"
+    container: vllm-llama-70b
+  register: health
+
+- name: Wait for a freshly started 70B model, failing fast if it crashes
+  inferops.vllm.vllm_health:
+    url: https://127.0.0.1:8443
+    ca_path: /etc/vllm/tls/ca.crt
+    api_key: "{{ vllm_api_key }}"
+    unit: vllm@llama-70b.service
+    wait_for: healthy
+    start_period: 1200
+
+- name: Use the verdict as data in a runbook
+  inferops.vllm.vllm_health:
+    url: http://127.0.0.1:8000
+    fail_on: never
+  register: health
+
+- name: Say what to run next
+  ansible.builtin.debug:
+    msg: "{{ health.status }}: {{ health.diagnosis | map(attribute='runbook') | list }}"
+"""
+
+RETURN = r"""
+status:
+  description: C(healthy), C(degraded) (serving, but over a threshold), C(starting), C(unhealthy) or C(down).
+  returned: always
+  type: str
+  sample: healthy
+healthy:
+  description: Whether C(status) is C(healthy).
+  returned: always
+  type: bool
+checks:
+  description: Each probe's C(ok), C(latency_ms) and C(detail) (tcp, health, version, models, inference, metrics,
+    gpus, runtime).
+  returned: always
+  type: dict
+  sample: {inference: {ok: true, latency_ms: 41.2, detail: "1-token completion: TTFT 38 ms", ttft_ms: 38.0}}
+failed_checks:
+  description: Names of the probes that failed.
+  returned: always
+  type: list
+  elements: str
+reasons:
+  description: Why the status is C(degraded).
+  returned: always
+  type: list
+  elements: str
+  sample: [81 requests waiting > 50]
+metrics:
+  description: Gauges, counters and p99 latencies read from C(/metrics), with the metric each came from.
+  returned: when /metrics was read
+  type: dict
+  sample: {num_requests_running: 3, num_requests_waiting: 0, kv_cache_usage: 0.12, ttft_p99_s: 0.24}
+gpus:
+  description: The server's GPUs as NVML reports them.
+  returned: when NVML was read
+  type: list
+  elements: dict
+diagnosis:
+  description: What went wrong, each with C(code), C(message), C(evidence) (secrets masked) and C(runbook).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{code: cuda_oom, message: The GPU ran out of memory..., evidence: "torch.OutOfMemoryError: CUDA out of
+    memory...", runbook: playbooks/runbooks/oom_recover.yml}]
+version:
+  description: vLLM's version from C(/version).
+  returned: always
+  type: str
+  sample: 0.33.0
+progress:
+  description: Start-up phase and model-loading progress parsed from the logs.
+  returned: always
+  type: dict
+  sample: {phase: loading, loading: {percent: 40, shards_loaded: 2, shards_total: 5}}
+runtime:
+  description: Container or unit state (running, status, restart_count, oom_killed, exit_code, health).
+  returned: when O(container) or O(unit) is given
+  type: dict
+waited_s:
+  description: With O(wait_for=healthy), how long it waited.
+  returned: with wait_for=healthy
+  type: float
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.inferops.vllm.plugins.module_utils import _runtime, _vllm_health, _vllm_metrics
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type="str", required=True),
+            model=dict(type="str"),
+            api_key=dict(type="str", no_log=True),
+            validate_certs=dict(type="bool", default=True),
+            ca_path=dict(type="path"),
+            client_cert=dict(type="path"),
+            client_key=dict(type="path", no_log=False),
+            timeout=dict(type="float", default=10),
+            container=dict(type="str"),
+            unit=dict(type="str"),
+            gpus=dict(type="list", elements="str"),
+            log_lines=dict(type="int", default=200),
+            thresholds=dict(type="dict", default={}, options=dict(
+                max_waiting=dict(type="int", default=50),
+                max_kv_cache_usage=dict(type="float", default=0.95),
+                max_ttft_p99=dict(type="float", default=5.0),
+                max_tpot_p99=dict(type="float", default=0.1),
+            )),
+            fail_on=dict(type="str", choices=["unhealthy", "degraded", "never"], default="unhealthy"),
+            wait_for=dict(type="str", choices=["none", "healthy"], default="none"),
+            start_period=dict(type="float", default=900),
+            poll_interval=dict(type="float", default=0.5),
+        ),
+        mutually_exclusive=[("container", "unit")],
+        required_together=[("client_cert", "client_key")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["timeout"] <= 0 or p["poll_interval"] <= 0 or p["start_period"] < 0:
+        module.fail_json(msg="timeout and poll_interval must be positive and start_period not negative")
+    if p["container"] and _runtime.docker is None:
+        module.fail_json(msg=missing_required_lib("docker"), exception=_runtime.DOCKER_IMPORT_ERROR)
+    if _vllm_metrics.text_string_to_metric_families is None:
+        module.warn("prometheus_client is not installed: /metrics is not read (%s)" % missing_required_lib(
+            "prometheus-client"))
+    runtime = "docker" if p["container"] else "systemd" if p["unit"] else None
+    try:
+        config = _vllm_health.Config(
+            p["url"], model=p["model"], api_key=p["api_key"], validate_certs=p["validate_certs"],
+            ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"], timeout=p["timeout"],
+            runtime=runtime, name=p["container"] or p["unit"], gpus=p["gpus"], log_lines=p["log_lines"],
+            thresholds=p["thresholds"])
+    except (ValueError, IOError, OSError) as exc:
+        module.fail_json(msg="cannot set up the probe: %s" % exc)
+
+    failure = None
+    if p["wait_for"] == "healthy":
+        report, failure = _vllm_health.wait_until_ready(config, p["start_period"], p["poll_interval"])
+    else:
+        report = _vllm_health.probe(config)
+    report["changed"] = False
+    if failure:
+        module.fail_json(msg="%s is not serving: %s; status %s%s" % (p["url"], failure, report["status"],
+                                                                     _summary(report)), **report)
+    if report["status"] in _vllm_health.FAILING[p["fail_on"]]:
+        module.fail_json(msg="%s is %s%s" % (p["url"], report["status"], _summary(report)), **report)
+    module.exit_json(**report)
+
+
+def _summary(report):
+    parts = ["%s: %s" % (name, report["checks"][name]["detail"]) for name in report["failed_checks"]]
+    parts += ["%s (see %s)" % (d["code"], d["runbook"]) for d in report["diagnosis"]]
+    parts += report["reasons"]
+    return (" - " + "; ".join(parts)) if parts else ""
+
+
+if __name__ == "__main__":
+    main()

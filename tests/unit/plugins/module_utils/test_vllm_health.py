@@ -1,0 +1,319 @@
+"""vllm_health's client, metrics, verdicts and waiting, against servers made in the test (no Ansible)."""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import trustme
+
+from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_health as vh
+from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_metrics as vm
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_client import Endpoint, ProbeError
+
+METRICS_033 = """# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 2.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} %(waiting)s
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="m"} 120.0
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="m"} 90.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="1.0",model_name="m"} 99.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="10.0",model_name="m"} 100.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 100.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 100.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 12.0
+"""
+METRICS_LEGACY = """# TYPE vllm:gpu_cache_usage_perc gauge
+vllm:gpu_cache_usage_perc{model_name="m"} 0.97
+# TYPE vllm:time_per_output_token_seconds histogram
+vllm:time_per_output_token_seconds_bucket{le="0.05",model_name="m"} 10.0
+vllm:time_per_output_token_seconds_bucket{le="0.5",model_name="m"} 20.0
+vllm:time_per_output_token_seconds_bucket{le="+Inf",model_name="m"} 20.0
+vllm:time_per_output_token_seconds_count{model_name="m"} 20.0
+vllm:time_per_output_token_seconds_sum{model_name="m"} 3.0
+"""
+
+
+# ---- metrics ----
+
+def test_current_metric_names():
+    summary = vm.summarize(METRICS_033 % {"waiting": "3.0"})
+    assert summary["num_requests_waiting"] == 3 and summary["kv_cache_usage"] == 0.5
+    assert summary["prompt_tokens_total"] == 120
+    assert summary["ttft_p99_s"] == pytest.approx(1.0)
+    assert summary["sources"]["kv_cache_usage"] == "vllm:kv_cache_usage_perc"
+
+
+def test_legacy_metric_names_are_accepted():
+    summary = vm.summarize(METRICS_LEGACY)
+    assert summary["kv_cache_usage"] == 0.97
+    assert summary["sources"]["kv_cache_usage"] == "vllm:gpu_cache_usage_perc"
+    assert summary["tpot_p99_s"] == pytest.approx(0.491)
+
+
+def test_thresholds_turn_numbers_into_reasons():
+    summary = vm.summarize(METRICS_033 % {"waiting": "81.0"})
+    reasons = vm.threshold_reasons(summary, dict(vh.DEFAULT_THRESHOLDS, max_ttft_p99=0.5))
+    assert reasons == ["81 requests waiting > 50", "TTFT p99 1.00 s > 0.50 s"]
+    legacy = vm.threshold_reasons(vm.summarize(METRICS_LEGACY), vh.DEFAULT_THRESHOLDS)
+    assert legacy == ["KV cache 97% used > 95%", "time per output token p99 0.491 s > 0.100 s"]
+
+
+def test_non_vllm_metrics_are_an_error():
+    with pytest.raises(vm.MetricsError, match="no vLLM metric"):
+        vm.summarize("# TYPE up gauge\nup 1\n")
+
+
+# ---- a scriptable fake server ----
+
+class FakeVllm(object):
+    """An HTTP server whose behaviour each test sets: health status, models, completion (or a hang)."""
+
+    def __init__(self, port=0):
+        self.health_status = 200
+        self.models = ["m"]
+        self.hang = False
+        self.key = None
+        self.waiting = "0.0"
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status, body=b"", ctype="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def authorized(self):
+                return fake.key is None or self.headers.get("Authorization") == "Bearer %s" % fake.key
+
+            def do_GET(self):
+                if self.path == "/health":
+                    return self.reply(fake.health_status)
+                if self.path == "/version":
+                    return self.reply(200, b'{"version": "0.33.0"}')
+                if self.path == "/metrics":
+                    return self.reply(200, (METRICS_033 % {"waiting": fake.waiting}).encode(), "text/plain")
+                if self.path == "/v1/models":
+                    if not self.authorized():
+                        return self.reply(401, b'{"error": "Unauthorized"}')
+                    return self.reply(200, json.dumps({"data": [{"id": m} for m in fake.models]}).encode())
+                return self.reply(404)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                while fake.hang:
+                    time.sleep(0.05)
+                chunks = [b'data: {"choices": [{"text": "x"}]}\n\n', b"data: [DONE]\n\n"]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for chunk in chunks:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.hang = False
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake():
+    server = FakeVllm()
+    yield server
+    server.close()
+
+
+def config(url, **kwargs):
+    kwargs.setdefault("timeout", 3.0)
+    return vh.Config(url, **kwargs)
+
+
+def test_healthy(fake):
+    report = vh.probe(config(fake.url, model="m"), with_gpus=False)
+    assert report["status"] == "healthy", report
+    assert report["version"] == "0.33.0"
+    assert report["checks"]["inference"]["ttft_ms"] is not None
+    assert report["metrics"]["num_requests_running"] == 2
+
+
+def test_deep_queue_is_degraded(fake):
+    fake.waiting = "120.0"
+    report = vh.probe(config(fake.url), with_gpus=False)
+    assert report["status"] == "degraded" and report["reasons"] == ["120 requests waiting > 50"]
+
+
+def test_hang_is_unhealthy_within_the_budget(fake):
+    fake.hang = True
+    started = time.monotonic()
+    report = vh.probe(config(fake.url, timeout=2.0), with_gpus=False)
+    assert time.monotonic() - started < 3.0
+    assert report["status"] == "unhealthy"
+    assert [d["code"] for d in report["diagnosis"]] == ["inference_hang"]
+    assert report["checks"]["health"]["ok"] is True
+
+
+def test_engine_dead_is_unhealthy(fake):
+    fake.health_status = 503
+    report = vh.probe(config(fake.url), with_gpus=False)
+    assert report["status"] == "unhealthy" and report["diagnosis"][0]["code"] == "engine_dead"
+
+
+def test_wrong_key_and_wrong_model(fake):
+    fake.key = "right"
+    report = vh.probe(config(fake.url, api_key="wrong"), with_gpus=False)
+    assert report["status"] == "unhealthy" and report["diagnosis"][0]["code"] == "api_key_rejected"
+    fake.key = None
+    report = vh.probe(config(fake.url, model="other"), with_gpus=False)
+    assert report["status"] == "unhealthy" and report["diagnosis"][0]["code"] == "model_not_served"
+
+
+def test_nothing_listening_is_down():
+    report = vh.probe(config("http://127.0.0.1:%d" % free_port()), with_gpus=False)
+    assert report["status"] == "down" and report["failed_checks"] == ["tcp"]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_wait_returns_as_soon_as_ready():
+    port = free_port()
+    late = {}
+
+    def start_later():
+        time.sleep(1.0)
+        late["server"] = FakeVllm(port)
+
+    threading.Thread(target=start_later, daemon=True).start()
+    started = time.monotonic()
+    report, failure = vh.wait_until_ready(config("http://127.0.0.1:%d" % port), start_period=10, poll_interval=0.2)
+    waited = time.monotonic() - started
+    late["server"].close()
+    assert failure is None and report["status"] == "healthy"
+    assert 1.0 <= waited < 1.6
+    assert report["polls"] > 1
+
+
+def test_wait_gives_up_after_the_start_period():
+    report, failure = vh.wait_until_ready(config("http://127.0.0.1:%d" % free_port()), start_period=0.6,
+                                          poll_interval=0.2)
+    assert failure == "not ready after 1 s (start_period)" and report["status"] == "down"
+
+
+# ---- hostile servers: each probe returns within its budget ----
+
+class Hostile(object):
+    def __init__(self, behaviour):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.behaviour = behaviour
+        self.held = []
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while True:
+            try:
+                conn, _addr = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            if self.behaviour == "headers-then-stall":
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc")
+            elif self.behaviour == "trickle":
+                conn.recv(65536)
+                threading.Thread(target=self.trickle, args=(conn,), daemon=True).start()
+            # "silent" and "tls-stall": accept and never say anything
+
+    @staticmethod
+    def trickle(conn):
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            while True:
+                conn.sendall(b"x")
+                time.sleep(0.1)
+        except OSError:
+            pass
+
+    def close(self):
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("behaviour, scheme, stage", [
+    ("silent", "http", "response"),
+    ("headers-then-stall", "http", "body"),
+    ("trickle", "http", "body"),
+    ("tls-stall", "https", "tls"),
+])
+def test_hostile_servers_cannot_hold_a_request_past_its_deadline(behaviour, scheme, stage):
+    server = Hostile(behaviour)
+    try:
+        endpoint = Endpoint("%s://127.0.0.1:%d" % (scheme, server.port), validate_certs=False)
+        started = time.monotonic()
+        with pytest.raises(ProbeError) as err:
+            endpoint.request("GET", "/health", time.monotonic() + 1.0)
+        assert time.monotonic() - started < 1.5
+        assert err.value.stage == stage
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("behaviour, scheme", [("silent", "http"), ("headers-then-stall", "http"),
+                                               ("tls-stall", "https")])
+def test_a_whole_probe_of_a_hostile_server_keeps_its_budget(behaviour, scheme):
+    server = Hostile(behaviour)
+    try:
+        started = time.monotonic()
+        report = vh.probe(config("%s://127.0.0.1:%d" % (scheme, server.port), timeout=2.0, validate_certs=False),
+                          with_gpus=False)
+        assert time.monotonic() - started < 3.0
+        assert report["status"] == "unhealthy"
+    finally:
+        server.close()
+
+
+def test_tls_with_a_private_ca(tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(context)
+    fake = FakeVllm()
+    fake.server.socket = context.wrap_socket(fake.server.socket, server_side=True)
+    try:
+        url = fake.url.replace("http://", "https://")
+        assert vh.probe(config(url, ca_path=str(ca_file)), with_gpus=False)["status"] == "healthy"
+        refused = vh.probe(config(url), with_gpus=False)
+        assert refused["status"] == "unhealthy"
+        assert "certificate verification failed" in refused["checks"]["health"]["detail"]
+    finally:
+        fake.close()
