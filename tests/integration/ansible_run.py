@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,7 +31,10 @@ class ModuleRun(dict):
 
 
 def run_module(host, module, args=None, check=False, timeout=120):
-    cmd = ["ansible", host, "-i", INVENTORY, "-m", module, "-a", json.dumps(args or {})]
+    """Runs `module` on a lab host, or on the controller itself when host is "localhost"."""
+    inventory = ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable] \
+        if host == "localhost" else ["-i", INVENTORY]
+    cmd = ["ansible", host] + inventory + ["-m", module, "-a", json.dumps(args or {})]
     if check:
         cmd.append("--check")
     started = time.monotonic()
