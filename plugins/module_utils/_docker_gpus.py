@@ -15,6 +15,8 @@ __metaclass__ = type
 
 import re
 
+from ansible_collections.inferops.vllm.plugins.module_utils import _systemd
+
 # A GPU index, a GPU UUID, or a MIG device UUID (current "MIG-<uuid>" and legacy "MIG-GPU-<uuid>/<gi>/<ci>").
 _GPU_ID = re.compile(
     r"^(?:\d{1,3}"
@@ -62,4 +64,4 @@ def gpus_shell(ids):
 
 def gpus_systemd(ids):
     """The same value as one word of a systemd ExecStart= line (systemd unquotes it to the argv element)."""
-    return "'%s'" % gpus_argv(ids)
+    return _systemd.quote(gpus_argv(ids))

@@ -49,9 +49,10 @@ SIGNATURES = (
     ("nccl_error", re.compile(r"NCCL error|ncclInternalError|ncclSystemError|NCCL WARN"),
      "NCCL (multi-GPU communication) failed; check the GPUs' interconnect, shared memory (ipc host) and the "
      "tensor-parallel size.", RUNBOOKS + "reset.yml"),
-    ("unrecognized_arguments", re.compile(r"error: unrecognized arguments: (.*)"),
-     "vLLM refused its command line: a flag unknown to this vLLM version (removed flags such as "
-     "--speculative-model or --guided-decoding-backend).", DOCS + "flags"),
+    ("unrecognized_arguments", re.compile(r"error: (unrecognized arguments: .*|the following arguments are required: "
+                                          r".*|argument --\S+: .*)"),
+     "vLLM refused its command line (a flag unknown to this vLLM version, such as the removed --speculative-model "
+     "or --guided-decoding-backend, or a missing or invalid argument).", DOCS + "flags"),
     ("engine_dead", re.compile(r"EngineDeadError|EngineCore encountered a fatal error|Engine core initialization "
                                r"failed|remote process exited|died unexpectedly"),
      "The engine core died; the API server cannot serve until it is restarted.", RUNBOOKS + "reset.yml"),

@@ -1,6 +1,7 @@
 """The `vllm serve` command line, as vLLM 0.33 parses it (the options operators use, and the removed ones)."""
 
 import argparse
+import json
 import sys
 
 VERSION = "0.33.0"
@@ -68,7 +69,45 @@ def build_parser():
 def parse(argv):
     """Parses `vllm serve` arguments. Flags vLLM removed (--speculative-model, --guided-decoding-backend...) are
     unknown here, so they exit 2 with argparse's "unrecognized arguments" message, as vLLM does."""
-    return build_parser().parse_args(argv)
+    return build_parser().parse_args(expand_config(argv))
+
+
+def expand_config(argv):
+    """`--config FILE` as vLLM reads it: long-form flag names as keys; the command line wins over the file.
+    The file is YAML; the emulator reads its JSON form (JSON is YAML) and plain `key: value` lines."""
+    if "--config" not in argv:
+        return argv
+    at = argv.index("--config")
+    if at + 1 >= len(argv):
+        build_parser().error("argument --config: expected one argument")
+    path = argv[at + 1]
+    rest = argv[:at] + argv[at + 2:]
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError as exc:
+        build_parser().error("argument --config: cannot read %s: %s" % (path, exc.strerror))
+    try:
+        config = json.loads(text)
+    except ValueError:
+        config = dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+        config = dict((k.strip(), v.strip().strip("'\"")) for k, v in config.items())
+    model = None
+    if rest and not rest[0].startswith("-"):
+        model, rest = rest[0], rest[1:]
+    from_file = []
+    for key, value in config.items():
+        if key == "model":
+            model = model or str(value)
+        elif value is True:
+            from_file.append("--" + key)
+        elif isinstance(value, list):
+            from_file += ["--" + key] + [str(v) for v in value]
+        elif value not in (False, None):
+            from_file += ["--" + key, str(value)]
+    # The model first (vllm serve MODEL ...), then the file, then the command line: argparse keeps the last value
+    # it sees, so the command line wins, as in vLLM.
+    return ([model] if model else []) + from_file + rest
 
 
 def main_usage(argv):

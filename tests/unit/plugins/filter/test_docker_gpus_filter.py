@@ -9,7 +9,7 @@ docker_gpus = FilterModule().filters()["docker_gpus"]
 @pytest.mark.parametrize("form, expected", [
     ("argv", '"device=0,3"'),
     ("shell", "'\"device=0,3\"'"),
-    ("systemd", "'\"device=0,3\"'"),
+    ("systemd", '"\\"device=0,3\\""'),
     ("device_requests", [{"driver": "nvidia", "device_ids": ["0", "3"], "capabilities": [["gpu"]]}]),
 ])
 def test_forms(form, expected):

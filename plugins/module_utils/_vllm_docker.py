@@ -1,0 +1,123 @@
+# Copyright: inferops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The docker backend of vllm_serve, through the Docker SDK: GPUs go in as DeviceRequests (no CLI, no quoting),
+with --init semantics, shared memory, a restart policy, the HF cache volume, a HEALTHCHECK whose start period
+suits the model's size, and labels that carry the hash of the desired configuration."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import traceback
+
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import LABEL_PREFIX
+
+try:
+    import docker
+    from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+    from docker.types import DeviceRequest, LogConfig
+except ImportError:
+    docker = None
+    DOCKER_IMPORT_ERROR = traceback.format_exc()
+else:
+    DOCKER_IMPORT_ERROR = None
+
+NANOSECONDS = 1000 * 1000 * 1000
+
+
+class DockerBackendError(Exception):
+    pass
+
+
+def _call(what, func, *args, **kwargs):
+    try:
+        return func(*args, **kwargs)
+    except (APIError, DockerException) as exc:
+        raise DockerBackendError("Docker API, %s: %s" % (what, exc))
+
+
+class DockerInstance(object):
+    def __init__(self, spec, image, environment, labels, timeout=60):
+        self.spec = spec
+        self.image = image
+        self.environment = environment
+        self.labels = labels
+        self.client = _call("connecting", docker.from_env, timeout=timeout)
+
+    def current(self):
+        try:
+            return self.client.containers.get(self.spec.container_name)
+        except NotFound:
+            return None
+        except (APIError, DockerException) as exc:
+            raise DockerBackendError("Docker API, reading container %s: %s" % (self.spec.container_name, exc))
+
+    @staticmethod
+    def current_hash(container):
+        return (container.labels or {}).get(LABEL_PREFIX + "config-hash")
+
+    @staticmethod
+    def current_summary(container):
+        try:
+            return json.loads((container.labels or {}).get(LABEL_PREFIX + "summary", "{}"))
+        except ValueError:
+            return {}
+
+    @staticmethod
+    def is_running(container):
+        return container.attrs.get("State", {}).get("Running", False)
+
+    def check_image(self):
+        try:
+            self.client.images.get(self.image)
+        except ImageNotFound:
+            return False
+        except (APIError, DockerException) as exc:
+            raise DockerBackendError("Docker API, reading image %s: %s" % (self.image, exc))
+        return True
+
+    def pull(self):
+        _call("pulling %s" % self.image, self.client.images.pull, self.image)
+
+    def create(self, health_start_period):
+        p = self.spec.p
+        host_config = {}
+        if p["ipc_host"]:
+            host_config["ipc_mode"] = "host"
+        else:
+            host_config["shm_size"] = "%dm" % p["shm_size_mib"]
+        volumes = dict((host, {"bind": inside, "mode": mode}) for host, inside, mode in self.spec.container_mounts())
+        container = _call(
+            "creating container %s" % self.spec.container_name, self.client.containers.create,
+            self.image, command=self.spec.serve_args(), name=self.spec.container_name, detach=True,
+            environment=self.environment, labels=self.labels, init=True,
+            device_requests=[DeviceRequest(driver="nvidia", device_ids=self.spec.gpus, capabilities=[["gpu"]])],
+            restart_policy={"Name": p["restart_policy"]}, volumes=volumes,
+            ports={"%d/tcp" % p["port"]: (p["publish_address"], p["port"])},
+            healthcheck={"test": self.spec.healthcheck_command(), "interval": 30 * NANOSECONDS,
+                         "timeout": 10 * NANOSECONDS, "retries": 5,
+                         "start_period": health_start_period * NANOSECONDS},
+            log_config=LogConfig(type="json-file", config={"max-size": p["log_max_size"], "max-file": "5"}),
+            stop_signal="SIGTERM", **host_config)
+        return container
+
+    def start(self, container):
+        _call("starting %s" % self.spec.container_name, container.start)
+
+    def stop(self, container, timeout):
+        _call("stopping %s" % self.spec.container_name, container.stop, timeout=timeout)
+
+    def restart(self, container, timeout):
+        _call("restarting %s" % self.spec.container_name, container.restart, timeout=timeout)
+
+    def remove(self, container, timeout):
+        if self.is_running(container):
+            self.stop(container, timeout)
+        _call("removing %s" % self.spec.container_name, container.remove, force=True)
+
+    @staticmethod
+    def describe(container):
+        if container is None:
+            return None
+        return {"id": container.id, "name": container.name, "status": container.status}

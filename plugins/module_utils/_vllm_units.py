@@ -1,0 +1,72 @@
+# Copyright: inferops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The systemd and venv backends of vllm_serve: the unit file of one instance.
+
+- systemd: ExecStart runs `docker run`, with --gpus quoted for systemd's parser (the argv element keeps its
+  double quotes, as docker's CSV reader needs). Secrets are mounted files, never -e values.
+- venv: ExecStart runs the `vllm` of a virtualenv with CUDA_VISIBLE_DEVICES (the seeds' style), as the service
+  user, logging to /var/log/vllm/<name>.log.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import posixpath
+
+from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus, _systemd
+
+
+def docker_run_argv(spec, image, health_start_period, docker_bin="/usr/bin/docker"):
+    p = spec.p
+    argv = [docker_bin, "run", "--rm", "--name", spec.container_name, "--init",
+            "--gpus", _docker_gpus.gpus_argv(spec.gpus)]
+    argv += ["--ipc", "host"] if p["ipc_host"] else ["--shm-size", "%dm" % p["shm_size_mib"]]
+    argv += ["-p", "%s:%d:%d" % (p["publish_address"], p["port"], p["port"])]
+    for host, inside, mode in spec.container_mounts():
+        argv += ["-v", "%s:%s:%s" % (host, inside, mode)]
+    argv += ["--env-file", spec.env_file]
+    argv += ["--health-cmd", "python3 -c " + _shell_single(spec.healthcheck_code()),
+             "--health-interval", "30s", "--health-timeout", "10s", "--health-retries", "5",
+             "--health-start-period", "%ds" % health_start_period,
+             "--log-driver", "json-file", "--log-opt", "max-size=%s" % p["log_max_size"], "--log-opt", "max-file=5"]
+    return argv + [image] + spec.serve_args()
+
+
+def _shell_single(text):
+    return "'%s'" % text.replace("'", "'\"'\"'")
+
+
+def env_file_content(environment):
+    lines = ["# Managed by inferops.vllm.vllm_serve. Non-secret environment only: secrets are files."]
+    for key in sorted(environment):
+        lines.append("%s=%s" % (key, environment[key]))
+    return "\n".join(lines) + "\n"
+
+
+def unit_content(spec, image, health_start_period, config_hash, log_dir="/var/log/vllm"):
+    p = spec.p
+    description = "vLLM instance %s (%s)" % (spec.name, p["model"])
+    lines = ["# Managed by inferops.vllm.vllm_serve; edit the task, not this file. config-hash: %s" % config_hash,
+             "[Unit]", "Description=%s" % description.replace("%", "%%"),
+             "Wants=network-online.target", "StartLimitIntervalSec=0"]
+    if spec.backend == "systemd":
+        lines += ["After=network-online.target docker.service", "Requires=docker.service", "", "[Service]",
+                  "Type=simple",
+                  "ExecStartPre=-/usr/bin/docker rm -f %s" % spec.container_name,
+                  "ExecStart=" + _systemd.command_line(docker_run_argv(spec, image, health_start_period)),
+                  "ExecStop=/usr/bin/docker stop -t %d %s" % (p["stop_timeout"], spec.container_name)]
+    else:
+        venv_vllm = posixpath.join(p["venv_path"], "bin", "vllm")
+        lines += ["After=network-online.target", "", "[Service]", "Type=simple",
+                  "User=%s" % p["service_user"],
+                  "EnvironmentFile=%s" % spec.env_file,
+                  "ExecStart=" + _systemd.command_line([venv_vllm, "serve"] + spec.serve_args()),
+                  "StandardOutput=append:%s" % posixpath.join(log_dir, "%s.log" % spec.name),
+                  "StandardError=inherit",
+                  "KillMode=control-group"]
+    lines += ["Restart=always", "RestartSec=10",
+              "TimeoutStartSec=%d" % max(90, health_start_period),
+              "TimeoutStopSec=%d" % (p["stop_timeout"] + 30),
+              "", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
