@@ -11,6 +11,14 @@ export ANSIBLE_FORCE_COLOR=0 PYTHONDONTWRITEBYTECODE=1
 labctl=(python tests/lab/labctl.py)
 timings=()
 
+# Molecule (with prerun) or ansible-galaxy may have installed a copy of this collection in the user's collection
+# path, where it would shadow the working tree: remove such a copy (never a link).
+stale=~/.ansible/collections/ansible_collections/inferops/vllm
+if [ -d "$stale" ] && [ ! -L "$stale" ]; then
+    echo "removing a stale installed copy of the collection: $stale"
+    rm -rf "$stale"
+fi
+
 stage_unit() {
     pytest tests/unit -q -p no:cacheprovider
 }

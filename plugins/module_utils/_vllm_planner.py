@@ -86,11 +86,12 @@ def plan(gpus, gpu_memory_utilization, tensor_parallel_size, pipeline_parallel_s
                  "kv_cache_gib": round((usable - per_gpu - reserve) / GIB, 2)}
         report["gpus"].append(entry)
         if free < gpu_memory_utilization * total:
+            numbers = (gpu["index"], free / GIB, gpu_memory_utilization, gpu_memory_utilization * total / GIB,
+                       total / GIB, (total - free) / GIB)
             problems.append(
                 "GPU %s has %.1f GiB free, but gpu_memory_utilization %s asks vLLM for %.1f GiB of its %.1f GiB at "
                 "start (other processes hold %.1f GiB): free the GPU, pick another (gpu_select), or lower "
-                "gpu_memory_utilization" % (gpu["index"], free / GIB, gpu_memory_utilization,
-                                             gpu_memory_utilization * total / GIB, total / GIB, (total - free) / GIB))
+                "gpu_memory_utilization" % numbers)
         elif per_gpu + reserve > usable:
             problems.append("GPU %s: %.1f GiB of weights per GPU + %.1f GiB reserve > %.1f GiB usable (%.1f GiB "
                             "free x %s)" % (gpu["index"], per_gpu / GIB, RESERVE_GIB, usable / GIB, free / GIB,

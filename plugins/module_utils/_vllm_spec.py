@@ -146,9 +146,9 @@ class Spec(object):
         env = dict((str(k), str(v)) for k, v in (self.p["env"] or {}).items())
         for name in env:
             if name in ("VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+                option = "api_keys" if name == "VLLM_API_KEY" else "hf_token"
                 raise SpecError("env: %s is a secret: pass it with the option %s, which keeps it out of the "
-                                "environment and `docker inspect`" % (name, "api_keys" if name == "VLLM_API_KEY"
-                                                                       else "hf_token"))
+                                "environment and `docker inspect`" % (name, option))
         env[INSTANCE_ENV] = self.name
         if self.p["hf_token"]:
             env["HF_TOKEN_PATH"] = posixpath.join(self.secrets_inside, "hf_token")
@@ -206,10 +206,14 @@ class Spec(object):
         return int(min(1800, max(120, 60 + 10 * billions)))
 
     def healthcheck_code(self):
-        """Python for the container's HEALTHCHECK: vLLM images have python3, not always curl."""
-        scheme = "https" if self.p["ssl_certfile"] else "http"
-        return ("import ssl,urllib.request;urllib.request.urlopen('%s://127.0.0.1:%d/health',timeout=5,"
-                "context=ssl._create_unverified_context())" % (scheme, self.p["port"]))
+        """Python for the container's HEALTHCHECK (run inside the container, where vLLM images have python3 but not
+        always curl)."""
+        if self.p["ssl_certfile"]:
+            connect = "http.client.HTTPSConnection('127.0.0.1',%d,timeout=5,context=ssl._create_unverified_context())"
+        else:
+            connect = "http.client.HTTPConnection('127.0.0.1',%d,timeout=5)"
+        return ("import http.client,ssl,sys;c=" + connect + ";c.request('GET','/health');"
+                "sys.exit(0 if c.getresponse().status==200 else 1)") % self.p["port"]
 
     def healthcheck_command(self):
         return ["CMD", "python3", "-c", self.healthcheck_code()]

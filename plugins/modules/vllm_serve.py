@@ -163,8 +163,8 @@ options:
     default: {}
   extra_args:
     description:
-      - More C(vllm serve) flags, as a mapping (V(max-loras: 4), V(enable-lora: true)). Checked against vLLM 0.33's
-        flags; removed flags are refused with their replacement.
+      - More C(vllm serve) flags, as a mapping of flag name to value (C(max-loras) to V(4), C(enable-lora) to
+        V(true)). Checked against vLLM 0.33's flags; removed flags are refused with their replacement.
     type: dict
     default: {}
   flag_check:
@@ -619,7 +619,7 @@ def main():
             gpu_memory_utilization=dict(type="float", default=0.9),
             max_model_len=dict(type="int"),
             max_num_seqs=dict(type="int"),
-            max_num_batched_tokens=dict(type="int"),
+            max_num_batched_tokens=dict(type="int", no_log=False),
             quantization=dict(type="str"),
             dtype=dict(type="str"),
             kv_cache_dtype=dict(type="str"),
