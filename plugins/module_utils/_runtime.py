@@ -91,6 +91,18 @@ def systemd_state(unit, log_lines, timeout):
     return state, out.splitlines() if rc == 0 else []
 
 
+def tail(path, lines):
+    """The last `lines` lines of a log file (an instance that logs to a file rather than the journal)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 256 * 1024))
+            return handle.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except (IOError, OSError):
+        return []
+
+
 def read(kind, name, log_lines, timeout):
     if kind == "docker":
         return docker_state(name, log_lines, timeout)

@@ -24,7 +24,7 @@ DEFAULT_THRESHOLDS = {"max_waiting": 50, "max_kv_cache_usage": 0.95, "max_ttft_p
 class Config(object):
     def __init__(self, url, model=None, api_key=None, validate_certs=True, ca_path=None, client_cert=None,
                  client_key=None, timeout=10.0, runtime=None, name=None, gpus=None, log_lines=200,
-                 thresholds=None, nvml_timeout=5.0):
+                 thresholds=None, nvml_timeout=5.0, log_file=None):
         self.endpoint = Endpoint(url, api_key=api_key, validate_certs=validate_certs, ca_path=ca_path,
                                  client_cert=client_cert, client_key=client_key)
         self.model = model
@@ -34,6 +34,7 @@ class Config(object):
         self.name = name
         self.gpus = gpus
         self.log_lines = log_lines
+        self.log_file = log_file
         self.thresholds = dict(DEFAULT_THRESHOLDS, **(thresholds or {}))
         self.nvml_timeout = nvml_timeout
 
@@ -78,6 +79,10 @@ class Probe(object):
     # ---- individual probes ----
 
     def runtime(self):
+        lines = _runtime.tail(self.config.log_file, self.config.log_lines) if self.config.log_file else []
+        return self._runtime_state() + lines
+
+    def _runtime_state(self):
         if not self.config.runtime:
             return []
         started = time.monotonic()

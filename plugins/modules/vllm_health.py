@@ -78,6 +78,9 @@ options:
       unit's C(CUDA_VISIBLE_DEVICES) say, else every GPU.
     type: list
     elements: str
+  log_file:
+    description: A log file of the server to scan too (the C(venv) backend logs to C(/var/log/vllm/<name>.log)).
+    type: path
   log_lines:
     description: How many recent log lines to scan.
     type: int
@@ -240,6 +243,7 @@ def main():
             container=dict(type="str"),
             unit=dict(type="str"),
             gpus=dict(type="list", elements="str"),
+            log_file=dict(type="path"),
             log_lines=dict(type="int", default=200),
             thresholds=dict(type="dict", default={}, options=dict(
                 max_waiting=dict(type="int", default=50),
@@ -270,7 +274,7 @@ def main():
             p["url"], model=p["model"], api_key=p["api_key"], validate_certs=p["validate_certs"],
             ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"], timeout=p["timeout"],
             runtime=runtime, name=p["container"] or p["unit"], gpus=p["gpus"], log_lines=p["log_lines"],
-            thresholds=p["thresholds"])
+            thresholds=p["thresholds"], log_file=p["log_file"])
     except (ValueError, IOError, OSError) as exc:
         module.fail_json(msg="cannot set up the probe: %s" % exc)
 

@@ -139,7 +139,9 @@ def write_claim(gpu_memory_mib, utilization=0, name=None, owner=None):
 
     The process keeps an exclusive flock on its claim file: the fake NVML counts the claim only while the lock
     is held, so the memory is released when the process dies, even by SIGKILL, as with the real driver."""
-    os.makedirs(CLAIMS_DIR, exist_ok=True)
+    if not os.path.isdir(CLAIMS_DIR):
+        os.makedirs(CLAIMS_DIR, exist_ok=True)
+        os.chmod(CLAIMS_DIR, 0o1777)
     claim = {
         "pidns": os.stat("/proc/self/ns/pid").st_ino,
         "pid": os.getpid(),

@@ -218,6 +218,13 @@ def start_workers(gpus, memory_mib, faults, instance):
             while orphan or os.getppid() == parent:
                 time.sleep(0.2)
             labgpu.drop_claim()
+        except Exception:  # pylint: disable=broad-except
+            # What a dying vLLM worker prints: the cause, before the engine reports the worker's death.
+            import traceback
+
+            sys.stderr.write("(VllmWorker TP%d pid=%d) ERROR %s\n" % (rank, os.getpid(), traceback.format_exc()))
+            sys.stderr.flush()
+            os._exit(1)
         finally:
             os._exit(0)
     return pids

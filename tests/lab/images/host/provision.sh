@@ -33,5 +33,7 @@ ln -sf /usr/bin/python3 /opt/vllm/bin/python3
 
 install -D -m 0644 "$stage/inferops-lab-init.service" /etc/systemd/system/inferops-lab-init.service
 systemctl enable inferops-lab-init.service docker.service >/dev/null 2>&1
+# Like /dev/nvidia*, usable by every user: services running as their own user claim GPU memory too.
 mkdir -p /var/lib/inferops-lab/claims
+chmod 1777 /var/lib/inferops-lab/claims
 rm -rf "$stage"
