@@ -56,7 +56,8 @@ stage_build() {
 }
 
 stage_molecule() {
-    "${labctl[@]}" images >/dev/null || return 1
+    # Scenarios on lab hosts (the vllm role) need the lab; a fresh one, so no earlier run leaves GPUs taken.
+    "${labctl[@]}" up --fresh --hosts "${LAB_HOSTS:-2}" || return 1
     local scenario
     for scenario in extensions/molecule/*/molecule.yml; do
         scenario=$(basename "$(dirname "$scenario")")
@@ -66,7 +67,7 @@ stage_molecule() {
 }
 
 stage_lab() {
-    "${labctl[@]}" up --hosts "${LAB_HOSTS:-2}" || return 1
+    "${labctl[@]}" up --fresh --hosts "${LAB_HOSTS:-2}" || return 1
     pytest tests/integration -q -p no:cacheprovider
 }
 

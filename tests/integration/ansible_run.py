@@ -30,13 +30,15 @@ class ModuleRun(dict):
         return bool(self.get("failed"))
 
 
-def run_module(host, module, args=None, check=False, timeout=120):
+def run_module(host, module, args=None, check=False, timeout=120, diff=False):
     """Runs `module` on a lab host, or on the controller itself when host is "localhost"."""
     inventory = ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable] \
         if host == "localhost" else ["-i", INVENTORY]
     cmd = ["ansible", host] + inventory + ["-m", module, "-a", json.dumps(args or {})]
     if check:
         cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(), timeout=timeout, check=False)
     elapsed = time.monotonic() - started

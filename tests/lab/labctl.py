@@ -3,7 +3,9 @@
 
   labctl.py images              build what is missing: base, host and emulator images (content-hashed tags)
   labctl.py image-tag NAME      print the tag of an image (base | host | emulator)
-  labctl.py up [--hosts N]      start N lab hosts (systemd + dockerd + fake GPUs), reusing running ones
+  labctl.py up [--hosts N] [--fresh]
+                                start N lab hosts (systemd + dockerd + fake GPUs), reusing running ones
+                                unless --fresh
   labctl.py down                remove every lab host and its Docker volume
   labctl.py status              the lab hosts and what their GPUs look like
 
@@ -246,14 +248,14 @@ def image_label_inside(name, tag):
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def up(count):
+def up(count, fresh=False):
     started = time.time()
     t = ensure_images()
     archive = inner_images_archive(t)
     wanted = ["%s%d" % (HOST_PREFIX, i) for i in range(1, count + 1)]
     for name in lab_hosts():
         image, running = host_image(name)
-        if name not in wanted or image != t["host"] or running != "true":
+        if fresh or name not in wanted or image != t["host"] or running != "true":
             remove_host(name)
     existing = set(lab_hosts())
     for index, name in enumerate(wanted, start=1):
@@ -295,6 +297,7 @@ def main(argv):
     p.add_argument("name", choices=["base", "host", "emulator"])
     p = sub.add_parser("up")
     p.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS", "2")))
+    p.add_argument("--fresh", action="store_true", help="recreate the hosts (no leftover instances or GPU state)")
     sub.add_parser("down")
     sub.add_parser("status")
     args = parser.parse_args(argv)
@@ -306,7 +309,7 @@ def main(argv):
         elif args.command == "up":
             if args.hosts < 1:
                 parser.error("--hosts must be at least 1")
-            up(args.hosts)
+            up(args.hosts, fresh=args.fresh)
         elif args.command == "down":
             down()
         elif args.command == "status":

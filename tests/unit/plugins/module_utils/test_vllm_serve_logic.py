@@ -1,0 +1,194 @@
+"""vllm_serve's logic without Ansible: the argument builder, the flag catalog, the planner, secrets, units."""
+
+import json
+import shlex
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ansible_collections.inferops.vllm.plugins.module_utils import _systemd, _vllm_flags, _vllm_planner, _vllm_units
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import Spec, SpecError
+
+GIB_MIB = 1024
+A100_40GB = 40960
+
+
+def params(**overrides):
+    base = dict(name="llama", backend="docker", model="meta-llama/Llama-3.3-70B-Instruct", served_model_name=None,
+                gpus=["4", "5"], tensor_parallel_size=None, pipeline_parallel_size=1, gpu_memory_utilization=0.9,
+                max_model_len=None, max_num_seqs=None, max_num_batched_tokens=None, quantization=None, dtype=None,
+                kv_cache_dtype=None, enable_prefix_caching=None, enable_chunked_prefill=None, enforce_eager=False,
+                trust_remote_code=False, download_dir=None, hf_cache="/var/lib/vllm/hf-cache", host="0.0.0.0",
+                port=8000, publish_address="0.0.0.0", api_keys=[], hf_token=None, ssl_certfile=None,
+                ssl_keyfile=None, ssl_ca_certs=None, enable_ssl_refresh=False, env={}, extra_args={},
+                model_path_map={}, ipc_host=True, shm_size_mib=16384, restart_policy="unless-stopped",
+                health_start_period=None, stop_timeout=30, log_max_size="100m", service_user="root",
+                venv_path="/opt/vllm", config_dir="/etc/vllm")
+    base.update(overrides)
+    return base
+
+
+# ---- arguments ----
+
+def test_structured_options_become_vllm_flags_model_first():
+    spec = Spec(params(served_model_name="llama-70b", max_model_len=32768, quantization="fp8",
+                       enable_prefix_caching=True, enable_chunked_prefill=False, enforce_eager=True,
+                       extra_args={"max-loras": 4, "enable_lora": True, "hf-overrides": {"a": 1}}))
+    assert spec.serve_args() == [
+        "meta-llama/Llama-3.3-70B-Instruct", "--served-model-name", "llama-70b", "--host", "0.0.0.0",
+        "--port", "8000", "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.9",
+        "--max-model-len", "32768", "--quantization", "fp8", "--enable-prefix-caching",
+        "--no-enable-chunked-prefill", "--enforce-eager", "--enable-lora", "--hf-overrides", '{"a":1}',
+        "--max-loras", "4"]
+
+
+def test_api_keys_go_through_a_config_file_never_argv_or_env():
+    token = "hf_" + "x" * 30
+    spec = Spec(params(api_keys=["k-one", "k-two"], hf_token=token))
+    argv = spec.serve_args()
+    env = spec.environment()
+    assert argv[-2:] == ["--config", "/run/secrets/vllm/serve-config.yaml"]
+    assert not any("k-one" in a or token in a for a in argv)
+    assert "k-one" not in json.dumps(env) and token not in json.dumps(env)
+    assert env["HF_TOKEN_PATH"] == "/run/secrets/vllm/hf_token"
+    files = spec.secret_files()
+    assert json.loads(files["serve-config.yaml"]) == {"api-key": ["k-one", "k-two"]}
+
+
+def test_secret_environment_variables_are_refused():
+    with pytest.raises(SpecError, match="env: VLLM_API_KEY is a secret: pass it with the option api_keys"):
+        Spec(params(env={"VLLM_API_KEY": "x"})).environment()
+
+
+def test_model_path_map_uses_the_longest_prefix():
+    spec = Spec(params(model="/ceph/models/llama/70b", model_path_map={"/ceph": "/data", "/ceph/models": "/models"}))
+    assert spec.serve_args()[0] == "/models/llama/70b"
+    assert ("/ceph/models/llama/70b", "/models/llama/70b", "ro") in spec.container_mounts()
+
+
+def test_venv_backend_keeps_host_paths_and_sets_cuda_visible_devices():
+    spec = Spec(params(backend="venv", model="/srv/models/m", api_keys=["k"]))
+    env = spec.environment()
+    assert spec.serve_args()[0] == "/srv/models/m"
+    assert env["CUDA_VISIBLE_DEVICES"] == "4,5" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert spec.serve_args()[-1] == "/etc/vllm/secrets/llama/serve-config.yaml"
+
+
+def test_parallelism_must_match_the_gpus():
+    with pytest.raises(SpecError, match=r"tensor_parallel_size \(4\) x pipeline_parallel_size \(1\) = 4, but 2 GPU"):
+        Spec(params(tensor_parallel_size=4)).check_parallelism()
+    Spec(params(tensor_parallel_size=1, pipeline_parallel_size=2)).check_parallelism()
+
+
+def test_local_model_without_tokenizer_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    spec = Spec(params(model=str(tmp_path)))
+    with pytest.raises(SpecError, match="no tokenizer files .*TypeError: not a string"):
+        spec.check_model_files()
+    (tmp_path / "tokenizer.json").write_text("{}")
+    spec.check_model_files()
+
+
+def test_config_hash_changes_with_keys_but_carries_none():
+    salt = b"salt"
+    one = Spec(params(api_keys=["a"]))
+    two = Spec(params(api_keys=["b"]))
+    assert one.secrets_digest(salt) != two.secrets_digest(salt)
+    assert one.config_hash("img", {}, {}, one.secrets_digest(salt)) != two.config_hash("img", {}, {},
+                                                                                       two.secrets_digest(salt))
+
+
+# ---- flags ----
+
+@pytest.mark.parametrize("flag, replacement", [("speculative-model", "--speculative-config"),
+                                               ("--guided-decoding-backend", "--structured-outputs-config"),
+                                               ("num_speculative_tokens", "--speculative-config")])
+def test_removed_flags_name_their_replacement(flag, replacement):
+    with pytest.raises(_vllm_flags.FlagError, match="was removed from vLLM in .*; use %s" % replacement):
+        _vllm_flags.check_extra_args({flag: "x"})
+
+
+def test_unknown_flags_are_refused_or_warned():
+    with pytest.raises(_vllm_flags.FlagError, match="--made-up is not a flag of vLLM 0.33"):
+        _vllm_flags.check_extra_args({"made-up": 1})
+    assert _vllm_flags.check_extra_args({"made-up": 1}, strict=False) == [
+        "extra_args: --made-up is not a flag of vLLM 0.33's `vllm serve`"]
+
+
+def test_structured_and_secret_flags_are_not_extra_args():
+    with pytest.raises(_vllm_flags.FlagError, match="--api-key is set by the option api_keys"):
+        _vllm_flags.check_extra_args({"api-key": "x"})
+    with pytest.raises(_vllm_flags.FlagError, match="--max-model-len is set by the option max_model_len"):
+        _vllm_flags.check_extra_args({"max_model_len": 10})
+
+
+def test_vllm_use_v1_is_a_warning():
+    assert _vllm_flags.check_env({"VLLM_USE_V1": "0"}) == [
+        "VLLM_USE_V1 is gone since vLLM 0.11.1 (the V1 engine is the only one); remove it"]
+
+
+# ---- the memory planner ----
+
+def gpus(n, free=A100_40GB, total=A100_40GB):
+    return [{"index": i, "memory_total_mib": total, "memory_free_mib": free} for i in range(n)]
+
+
+def test_seed_004_70b_bf16_on_40gb_gpus_needs_tp4():
+    with pytest.raises(_vllm_planner.PlanError) as err:
+        _vllm_planner.plan(gpus(2), 0.9, 2, 1, params=70e9, dtype="bfloat16")
+    message = str(err.value)
+    assert "130.4 GiB of weights over 2 GPU(s) = 65.2 GiB each" in message
+    assert "The smallest tensor_parallel_size that fits on such GPUs is 4 (4 GPUs)" in message
+    report = _vllm_planner.plan(gpus(4), 0.9, 4, 1, params=70e9, dtype="bfloat16")
+    assert report["weights_per_gpu_gib"] == 32.6 and report["gpus"][0]["kv_cache_gib"] > 0
+
+
+def test_quantization_shrinks_the_weights():
+    report = _vllm_planner.plan(gpus(2), 0.9, 2, 1, params=70e9, quantization="fp8")
+    assert report["weights_per_gpu_gib"] == 32.6
+
+
+def test_busy_gpu_is_refused_with_the_numbers():
+    with pytest.raises(_vllm_planner.PlanError, match=r"GPU 0 has 20.0 GiB free, but gpu_memory_utilization 0.9 "
+                                                      r"asks vLLM for 36.0 GiB of its 40.0 GiB at start"):
+        _vllm_planner.plan(gpus(1, free=20 * GIB_MIB), 0.9, 1, 1, params=1e9)
+
+
+def test_too_big_for_any_tp_says_quantize():
+    with pytest.raises(_vllm_planner.PlanError, match="does not fit even at tensor_parallel_size 16: quantize"):
+        _vllm_planner.plan(gpus(1), 0.9, 1, 1, params=1000e9)
+
+
+@pytest.mark.parametrize("text, value", [("70B", 70e9), ("8.03b", 8.03e9), ("125M", 125e6), (7e10, 7e10)])
+def test_parameter_counts(text, value):
+    assert _vllm_planner.parse_params(text) == pytest.approx(value)
+
+
+def test_parameter_count_errors_name_the_field():
+    with pytest.raises(_vllm_planner.PlanError, match="model_params: 'seventy' is not a parameter count"):
+        _vllm_planner.parse_params("seventy")
+
+
+# ---- systemd quoting and units ----
+
+def systemd_split(line):
+    """How systemd splits an ExecStart= line (quotes, C escapes, %% and $$): the oracle for our quoting."""
+    line = line.replace("%%", "%").replace("$$", "$")
+    return shlex.split(line, posix=True)
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20),
+                min_size=1, max_size=6))
+def test_any_argv_survives_systemd_quoting(argv):
+    assert systemd_split(_systemd.command_line(argv)) == argv
+
+
+def test_gpus_word_reaches_docker_with_its_quotes():
+    spec = Spec(params(backend="systemd", api_keys=["secret-key"]))
+    line = _vllm_units.unit_content(spec, "img:1", 300, "abc")
+    exec_start = [ln for ln in line.splitlines() if ln.startswith("ExecStart=")][0][len("ExecStart="):]
+    argv = systemd_split(exec_start)
+    assert argv[argv.index("--gpus") + 1] == '"device=4,5"'
+    assert "secret-key" not in line
+    assert "Restart=always" in line and "TimeoutStartSec=300" in line
