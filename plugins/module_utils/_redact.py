@@ -19,8 +19,10 @@ _PATTERNS = (
                 re.IGNORECASE), r"\1'" + MASK + "'"),
     # Command lines: --api-key k1 k2 (several values until the next flag), --hf-token x
     (re.compile(r"(--(?:api-key|hf-token)(?:=|\s+))((?:(?!--)\S+\s*)+)", re.IGNORECASE), r"\1" + MASK + " "),
-    # Environment: VLLM_API_KEY=x, HF_TOKEN=x, HUGGING_FACE_HUB_TOKEN=x
-    (re.compile(r"\b((?:VLLM_API_KEY|HF_TOKEN|HUGGING_FACE_HUB_TOKEN)\s*=\s*)\S+"), r"\1" + MASK),
+    # Environment: VLLM_API_KEY=x, HF_TOKEN=x, and any NAME=value whose name says key, token, secret or password
+    # (except the *_PATH variables that only point at secret files).
+    (re.compile(r"\b((?![A-Z0-9_]*_PATH=)[A-Z0-9_]*(?:API_KEY|TOKEN|SECRET|PASSWORD)[A-Z0-9_]*\s*=\s*)[^\s\",]+"),
+     r"\1" + MASK),
     # HTTP headers
     (re.compile(r"(Authorization:\s*Bearer\s+)\S+", re.IGNORECASE), r"\1" + MASK),
     # Hugging Face tokens wherever they appear

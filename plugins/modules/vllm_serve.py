@@ -379,7 +379,8 @@ class VllmServe(object):
         p = self.p
         params, weight_bytes = self.model_size()
         self.params_count = params or (weight_bytes / 2.0 if weight_bytes else None)
-        if not p["check_gpus"]:
+        if not p["check_gpus"] or p["state"] == "stopped":
+            # Stopping needs no free memory: it is how memory gets freed.
             return
         try:
             snap = _nvml.snapshot(timeout=10)

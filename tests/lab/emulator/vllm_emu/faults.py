@@ -18,10 +18,15 @@ Faults:
   slow_ttft: seconds      delay before the first token
   queue: n                n requests waiting in the scheduler queue
   orphan_workers: true    GPU workers outlive the API server when it is killed
+
+A hang, an engine death and an OOM on a request are states of one process: set in the fault file (which
+records when), they apply only to servers that were already running then, so a restart clears them, as it
+does with the real thing. The other faults are conditions of the host or the configuration and persist.
 """
 
 import json
 import os
+import time
 
 FAULT_FILE = os.environ.get("VLLM_EMULATOR_FAULT_FILE", "/etc/inferops-lab/vllm-faults.json")
 
@@ -47,10 +52,15 @@ def _parse_env(text):
     return faults
 
 
+def _transient(name, value):
+    return name in ("hang", "engine_dead") or (name == "oom" and value == "request")
+
+
 class Faults:
     def __init__(self, port):
         self.port = str(port)
         self.from_env = _parse_env(os.environ.get("VLLM_EMULATOR_FAULTS"))
+        self.started = time.time()
         self._cache = (None, {})
 
     def current(self):
@@ -66,6 +76,9 @@ class Faults:
                 table = {}
             merged = dict(table.get("*", {}))
             merged.update(table.get(self.port, {}))
+            set_at = merged.pop("_set_at", None)
+            if set_at is not None and set_at < self.started:
+                merged = dict((k, v) for k, v in merged.items() if not _transient(k, v))
             self._cache = (mtime, merged)
         faults = dict(self.from_env)
         faults.update(self._cache[1])

@@ -1,0 +1,229 @@
+"""The runbook playbooks against the faults they fix, on the lab (deployed with playbooks/deploy.yml first)."""
+
+import json
+import os
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from ansible_run import INVENTORY, ROOT, ansible_env
+
+KEY = "lab-demo-key-not-a-secret"  # inventories/lab/group_vars/vllm_hosts.yml
+RUNBOOKS = os.path.join(ROOT, "playbooks", "runbooks")
+
+
+def playbook(path, extra=None, limit=None, timeout=900):
+    cmd = ["ansible-playbook", path, "-i", INVENTORY]
+    if extra:
+        cmd += ["-e", json.dumps(extra)]
+    if limit:
+        cmd += ["--limit", limit]
+    started = time.monotonic()
+    env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOAD_CALLBACK_PLUGINS="0")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    proc.elapsed = time.monotonic() - started
+    return proc
+
+
+@pytest.fixture(scope="module")
+def deployed(lab_hosts):
+    """A fresh lab with deploy.yml applied: opt-small (port 8001) and qwen-small (8002) on every host."""
+    subprocess.run(["python", os.path.join(ROOT, "tests", "lab", "labctl.py"), "up", "--fresh", "--hosts",
+                    str(len(lab_hosts))], check=True, capture_output=True)
+    proc = playbook(os.path.join(ROOT, "playbooks", "deploy.yml"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return lab_hosts
+
+
+def instance_gpus(host, name):
+    return json.loads(host.read("/etc/vllm/gpu-assignments.json"))[name]
+
+
+def worker_pids(host, gpu):
+    return [p["pid"] for p in host.nvml()["gpus"][int(gpu)]["processes"]]
+
+
+def completion(host, port, key=KEY, timeout=5):
+    request = urllib.request.Request(
+        "http://%s:%d/v1/completions" % (host.ip, port), method="POST",
+        data=json.dumps({"prompt": "hi", "max_tokens": 1}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer %s" % key})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def test_restart_is_rolling_and_health_gated(deployed):
+    host = deployed[0]
+    before = host.container_state("vllm-opt-small")["StartedAt"]
+    proc = playbook(os.path.join(RUNBOOKS, "restart.yml"), {"instances": ["opt-small"]}, limit=host.name)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert host.container_state("vllm-opt-small")["StartedAt"] != before
+    assert "restarted opt-small" in proc.stdout and "healthy" in proc.stdout
+    assert completion(host, 8001) == 200
+
+
+def test_restart_refuses_an_unknown_instance(deployed):
+    proc = playbook(os.path.join(RUNBOOKS, "restart.yml"), {"instances": ["nope"]}, limit=deployed[0].name)
+    assert proc.returncode != 0 and "instances ['nope'] are not among this host's" in proc.stdout
+
+
+def test_reset_recovers_a_hung_instance(deployed):
+    host = deployed[0]
+    host.set_fault(8001, hang=True)
+    assert completion(host, 8001, timeout=2) is None
+    hung = worker_pids(host, instance_gpus(host, "opt-small")[0])
+    proc = playbook(os.path.join(RUNBOOKS, "reset.yml"), {"instances": ["opt-small"]}, limit=host.name)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert completion(host, 8001) == 200
+    after = worker_pids(host, instance_gpus(host, "opt-small")[0])
+    assert after and not set(after) & set(hung)
+    assert "opt-small: healthy after" in proc.stdout and "start to healthy" in proc.stdout
+    assert host.sh("ls /var/log/vllm | grep -c '^reset-opt-small-'").stdout.strip() != "0"
+
+
+def test_reset_kills_orphans_of_this_instance_only(deployed):
+    host = deployed[0]
+    gpu = instance_gpus(host, "opt-small")[0]
+    foreign = int(host.run("inferops-lab", "occupy", gpu, "--memory", "4GiB", "--name", "other-team").stdout)
+    before = set(worker_pids(host, gpu))
+    # An orphaned worker of opt-small: it carries the instance's mark and outlives its killed main process.
+    main = host.sh("INFEROPS_VLLM_INSTANCE=opt-small CUDA_VISIBLE_DEVICES=%s VLLM_EMULATOR_FAULTS=orphan_workers "
+                   "setsid /opt/vllm/bin/vllm serve facebook/opt-125m --port 8190 --gpu-memory-utilization 0.1 "
+                   ">/tmp/orphan-src.log 2>&1 & echo $!" % gpu).stdout.strip()
+    host.sh("for i in $(seq 100); do grep -q 'startup complete' /tmp/orphan-src.log && break; sleep 0.1; done")
+    host.run("kill", "-9", main)
+    orphans = set(worker_pids(host, gpu)) - before
+    assert len(orphans) == 1
+    try:
+        proc = playbook(os.path.join(RUNBOOKS, "reset.yml"), {"instances": ["opt-small"]}, limit=host.name)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        alive = set(worker_pids(host, gpu))
+        assert foreign in alive  # another workload's process is never touched
+        assert not orphans & alive and not (before - {foreign}) & alive
+        assert "killed %s" % next(iter(orphans)) in proc.stdout
+        assert completion(host, 8001) == 200
+    finally:
+        host.run("kill", str(foreign), check=False)
+
+
+def test_reset_handles_persistence_mode_on_a_held_gpu(deployed):
+    host = deployed[0]
+    gpu = instance_gpus(host, "qwen-small")[0]
+    host.run("inferops-lab", "leak", gpu, "--memory", "10GiB")  # memory held with no process
+    proc = playbook(os.path.join(RUNBOOKS, "reset.yml"), {"instances": ["qwen-small"]}, limit=host.name)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    gpu_state = host.nvml()["gpus"][int(gpu)]
+    assert gpu_state["persistence"] == 1  # restored after the reset
+    assert "reset %s" % gpu in proc.stdout
+    assert completion(host, 8002) == 200
+
+
+def test_reset_refuses_when_a_foreign_process_holds_the_gpu(deployed):
+    host = deployed[0]
+    gpu = instance_gpus(host, "qwen-small")[0]
+    host.run("inferops-lab", "leak", gpu, "--memory", "10GiB")
+    foreign = host.run("inferops-lab", "occupy", gpu, "--memory", "2GiB", "--name", "other-team").stdout.strip()
+    try:
+        proc = playbook(os.path.join(RUNBOOKS, "reset.yml"), {"instances": ["qwen-small"]}, limit=host.name)
+        assert proc.returncode != 0
+        assert "PID %s of another workload uses it" % foreign in proc.stdout
+        assert int(foreign) in worker_pids(host, gpu)
+    finally:
+        host.run("kill", foreign, check=False)
+        host.run("inferops-lab", "leak", gpu, "--memory", "0")
+        playbook(os.path.join(RUNBOOKS, "restart.yml"), {"instances": ["qwen-small"]}, limit=host.name)
+
+
+def test_oom_recover_steps_down_until_it_serves(deployed):
+    host = deployed[0]
+    host.set_fault(8001, oom_above={"gpu_memory_utilization": 0.15})
+    crash = playbook(os.path.join(RUNBOOKS, "restart.yml"), {"instances": ["opt-small"]}, limit=host.name)
+    assert crash.returncode != 0 and "cuda_oom" in crash.stdout
+    proc = playbook(os.path.join(RUNBOOKS, "oom_recover.yml"),
+                    {"instances": ["opt-small"], "floor_gpu_memory_utilization": 0.1,
+                     "step_gpu_memory_utilization": 0.05, "attempt_wait": 60}, limit=host.name)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert 'opt-small serves with {"gpu_memory_utilization": 0.15}' in proc.stdout
+    assert "--gpu-memory-utilization" in host.run("docker", "inspect", "-f", "{{json .Config.Cmd}}",
+                                                  "vllm-opt-small").stdout
+    assert completion(host, 8001) == 200
+    host.run("inferops-lab", "vllm-fault", "--clear", "8001")
+
+
+def test_diagnose_bundles_every_part_without_secrets(deployed, tmp_path):
+    proc = playbook(os.path.join(RUNBOOKS, "diagnose.yml"), {"diag_output_dir": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    bundles = list(tmp_path.glob("diagnose-*.tar.gz"))
+    assert len(bundles) == 1
+    names, contents = [], []
+    with tarfile.open(bundles[0]) as outer:
+        for member in outer.getmembers():
+            if member.name.endswith(".tar.gz"):
+                with tarfile.open(fileobj=outer.extractfile(member)) as inner:
+                    for item in inner.getmembers():
+                        if item.isfile():
+                            names.append(member.name.split("/")[-1] + ":" + item.name.lstrip("./"))
+                            contents.append(inner.extractfile(item).read().decode("utf-8", "replace"))
+    for host in deployed:
+        for part in ("health-opt-small.json", "logs-opt-small.txt", "inspect-opt-small.json", "nvidia-smi-q.txt",
+                     "dmesg-tail.txt", "versions-driver.txt", "versions-docker.txt", "disk.txt", "memory.txt"):
+            assert "%s.tar.gz:%s" % (host.name, part) in names
+    blob = "\n".join(contents)
+    assert KEY not in blob and "PRIVATE KEY" not in blob
+    assert "top diagnosis" in proc.stdout and "run next" in proc.stdout
+
+
+def test_api_key_rotation_without_a_failed_request(deployed, tmp_path):
+    hosts = deployed
+    key_file = tmp_path / "new-key"
+    state = {"key": KEY, "sent": 0, "failed": [], "stop": False}
+
+    def client():
+        turn = 0
+        while not state["stop"]:
+            key = state["key"]
+            statuses = []
+            for offset in range(len(hosts)):  # client-side failover across the replicas
+                status = completion(hosts[(turn + offset) % len(hosts)], 8001, key=key, timeout=5)
+                statuses.append(status)
+                if status is not None and status < 500:
+                    break
+            state["sent"] += 1
+            if statuses[-1] != 200:
+                state["failed"].append((key == KEY, statuses))
+            turn += 1
+            time.sleep(0.05)
+
+    worker = threading.Thread(target=client, daemon=True)
+    worker.start()
+    try:
+        add = playbook(os.path.join(RUNBOOKS, "rotate_api_key.yml"), {"new_key_file": str(key_file), "phase": "add"})
+        assert add.returncode == 0, add.stdout[-3000:]
+        new_key = key_file.read_text().strip()
+        assert oct(key_file.stat().st_mode & 0o777) == "0o600" and len(new_key) == 48
+        state["key"] = new_key  # clients switch after step 1
+        time.sleep(1)
+        remove = playbook(os.path.join(RUNBOOKS, "rotate_api_key.yml"),
+                          {"new_key_file": str(key_file), "phase": "remove"})
+        assert remove.returncode == 0, remove.stdout[-3000:]
+        time.sleep(1)
+    finally:
+        state["stop"] = True
+        worker.join(10)
+    print("rotation: %d requests, %d failed" % (state["sent"], len(state["failed"])))
+    assert state["sent"] > 50
+    assert state["failed"] == []
+    assert new_key not in add.stdout + remove.stdout
+    for host in hosts:
+        assert completion(host, 8001, key=KEY) == 401
+        assert completion(host, 8001, key=new_key) == 200
