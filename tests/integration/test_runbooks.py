@@ -227,3 +227,72 @@ def test_api_key_rotation_without_a_failed_request(deployed, tmp_path):
     for host in hosts:
         assert completion(host, 8001, key=KEY) == 401
         assert completion(host, 8001, key=new_key) == 200
+
+
+@pytest.fixture
+def tls_host(deployed, tmp_path):
+    """The second lab host serving HTTPS with a certificate of a private CA (certificate refresh on)."""
+    import trustme
+
+    host = deployed[-1]
+    ca = trustme.CA()
+    files = {}
+    for name, blob in (("ca.crt", ca.cert_pem.bytes()), ("ca.key", ca.private_key_pem.bytes())):
+        (tmp_path / name).write_bytes(blob)
+        files[name] = str(tmp_path / name)
+    first = ca.issue_cert("127.0.0.1", host.name, host.ip)
+    (tmp_path / "first.crt").write_bytes(first.cert_chain_pems[0].bytes())
+    (tmp_path / "first.key").write_bytes(first.private_key_pem.bytes())
+    tls = {"vllm_tls_cert_src": str(tmp_path / "first.crt"), "vllm_tls_key_src": str(tmp_path / "first.key"),
+           "vllm_tls_ca_src": files["ca.crt"]}
+    proc = playbook(os.path.join(ROOT, "playbooks", "deploy.yml"), tls, limit=host.name)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    yield host, ca, files, tls, tmp_path
+    playbook(os.path.join(ROOT, "playbooks", "deploy.yml"), limit=host.name)
+
+
+def served_der(host, port):
+    import ssl
+
+    return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate((host.ip, port), timeout=5))
+
+
+def pem_der(path):
+    import ssl
+
+    return ssl.PEM_cert_to_DER_cert(open(path).read())
+
+
+def test_rotate_certs_refuses_a_mismatched_pair_and_keeps_serving_the_old(tls_host):
+    import trustme
+
+    host, ca, files, tls, tmp = tls_host
+    other = trustme.CA().issue_cert("127.0.0.1", host.name)
+    mine = ca.issue_cert("127.0.0.1", host.name)
+    (tmp / "bad.crt").write_bytes(mine.cert_chain_pems[0].bytes())
+    (tmp / "bad.key").write_bytes(other.private_key_pem.bytes())  # not this certificate's key
+    proc = playbook(os.path.join(RUNBOOKS, "rotate_certs.yml"),
+                    dict(tls, cert_src=str(tmp / "bad.crt"), key_src=str(tmp / "bad.key"),
+                         ca_cert_src=files["ca.crt"]), limit=host.name)
+    assert proc.returncode != 0
+    assert "the key does not match the certificate" in proc.stdout and "nothing was swapped" in proc.stdout
+    assert served_der(host, 8001) == pem_der(tls["vllm_tls_cert_src"])
+
+
+def test_rotate_certs_serves_the_new_certificate_without_a_restart(tls_host):
+    host, ca, files, tls, tmp = tls_host
+    pid = host.container_state("vllm-opt-small")["Pid"]
+    proc = playbook(os.path.join(RUNBOOKS, "rotate_certs.yml"),
+                    dict(tls, ca_cert_src=files["ca.crt"], ca_key_src=files["ca.key"],
+                         required_names=[host.name, "127.0.0.1"]), limit=host.name)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    new = host.read("/etc/vllm/tls/server.crt")
+    import ssl
+
+    new_der = ssl.PEM_cert_to_DER_cert(new)
+    assert new_der != pem_der(tls["vllm_tls_cert_src"])
+    assert served_der(host, 8001) == new_der and served_der(host, 8002) == new_der
+    assert host.container_state("vllm-opt-small")["Pid"] == pid  # --enable-ssl-refresh: no restart
+    assert "without a restart" in proc.stdout
+    assert host.sh("ls /etc/vllm/tls/ | grep -c '^server.crt.*\\.bak$'").stdout.strip() == "1"
+    assert "PRIVATE KEY" not in proc.stdout
