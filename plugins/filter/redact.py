@@ -11,9 +11,9 @@ short_description: Mask secrets in text that leaves a host (logs, docker inspect
 version_added: 0.1.0
 author: inferops maintainers (@inferops)
 description:
-  - Masks API keys and tokens in vLLM's logged arguments (C('api_key': [...])), C(--api-key)/C(--hf-token) values,
-    C(NAME=value) pairs whose name says key, token, secret or password, C(Authorization: Bearer) headers, and
-    Hugging Face tokens (C(hf_...)), plus any secret given in O(secrets).
+  - "Masks API keys and tokens in vLLM's logged arguments (the C(api_key) list), C(--api-key) and C(--hf-token)
+    values, C(NAME=value) pairs whose name says key, token, secret or password, C(Authorization) Bearer headers,
+    and Hugging Face tokens (C(hf_...)), plus any secret given in O(secrets)."
 options:
   _input:
     description: The text.

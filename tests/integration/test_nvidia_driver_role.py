@@ -19,8 +19,8 @@ def playbook(name, extra_vars, inventory=None, local=False):
     try:
         return proc.returncode, json.loads(proc.stdout)
     except ValueError:
-        raise AssertionError("%s did not print JSON (rc %d):\n%s\n%s" % (name, proc.returncode, proc.stdout,
-                                                                      proc.stderr))
+        details = (name, proc.returncode, proc.stdout, proc.stderr)
+        raise AssertionError("%s did not print JSON (rc %d):\n%s\n%s" % details)
 
 
 def plan(platform, **role_vars):
@@ -65,9 +65,11 @@ def test_ubuntu_on_arm_uses_the_sbsa_repo():
         "/ubuntu2404/sbsa/")
 
 
+STREAMS = [("550", False, "nvidia-driver:550-dkms"), ("570", True, "nvidia-driver:570-open")]
+
+
 @pytest.mark.parametrize("platform", [RHEL9, ROCKY9])
-@pytest.mark.parametrize("branch, open_modules, stream", [("550", False, "nvidia-driver:550-dkms"),
-                                                           ("570", True, "nvidia-driver:570-open")])
+@pytest.mark.parametrize("branch, open_modules, stream", STREAMS)
 def test_rhel9_uses_module_streams_named_for_the_branch(platform, branch, open_modules, stream):
     result = plan(platform, nvidia_driver_branch=branch, nvidia_driver_open_modules=open_modules)
     assert result["source"] == "nvidia-dnf"
