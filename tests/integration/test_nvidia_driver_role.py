@@ -106,7 +106,7 @@ def failure(report):
     for task in report["plays"][0]["tasks"]:
         for result in task["hosts"].values():
             if result.get("failed"):
-                return task["task"]["name"], result.get("msg", "")
+                return task["task"]["name"].split(" : ", 1)[-1], result.get("msg", "")
     return None, None
 
 
