@@ -1,0 +1,103 @@
+#!/usr/bin/python
+# Copyright: inferops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: vllm_diagnose
+short_description: Collect a host's vLLM incident diagnostics into a directory, secrets masked
+version_added: 0.1.0
+author: inferops maintainers (@inferops)
+description:
+  - For each instance, the full M(inferops.vllm.vllm_health) report, the tail of its logs (docker logs, journal or
+    log file) and its C(docker inspect) or unit status; for the host, C(nvidia-smi -q), the tail of dmesg with NVIDIA
+    Xid lines marked, the driver, Docker and vLLM image versions, disk and memory.
+  - Every file is written 0600, with API keys, tokens and secret-looking values masked.
+  - Returns each instance's status and the host's top diagnosis with the runbook to run next.
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: none
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+options:
+  dest:
+    description: Directory to write into (created 0700).
+    type: path
+    required: true
+  instances:
+    description: The instances, as in the vllm role's vllm_instances (name, port, backend, model, tls).
+    type: list
+    elements: dict
+    default: []
+  api_keys:
+    description: Keys to probe with and to mask wherever they appear.
+    type: list
+    elements: str
+    default: []
+  health_timeout:
+    description: Seconds each instance's health probe may take.
+    type: float
+    default: 5
+  log_lines:
+    description: Log lines kept per instance.
+    type: int
+    default: 500
+"""
+
+EXAMPLES = r"""
+- name: Diagnostics of this host
+  inferops.vllm.vllm_diagnose:
+    dest: /var/log/vllm/diag-now
+    instances: "{{ vllm_instances }}"
+    api_keys: "{{ vllm_api_keys }}"
+  register: diag
+"""
+
+RETURN = r"""
+files:
+  description: Names of the files written in O(dest).
+  returned: always
+  type: list
+  elements: str
+statuses:
+  description: Each instance's status (healthy, degraded, starting, unhealthy, down).
+  returned: always
+  type: dict
+top:
+  description: The first diagnosis found (code, message, evidence, runbook), or code V(none).
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.inferops.vllm.plugins.module_utils import _diagnose
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            dest=dict(type="path", required=True),
+            instances=dict(type="list", elements="dict", default=[]),
+            api_keys=dict(type="list", elements="str", default=[], no_log=True),
+            health_timeout=dict(type="float", default=5),
+            log_lines=dict(type="int", default=500),
+        ),
+        supports_check_mode=False,
+    )
+    p = module.params
+    for instance in p["instances"]:
+        if "name" not in instance or "port" not in instance:
+            module.fail_json(msg="instances: each item needs a name and a port, got %s" % sorted(instance))
+    files, statuses, top = _diagnose.collect(p["dest"], p["instances"], p["api_keys"],
+                                             health_timeout=p["health_timeout"], log_lines=p["log_lines"])
+    module.exit_json(changed=True, files=files, statuses=statuses, top=top, dest=p["dest"])
+
+
+if __name__ == "__main__":
+    main()
