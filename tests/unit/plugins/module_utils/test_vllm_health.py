@@ -12,6 +12,7 @@ import trustme
 from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_health as vh
 from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_metrics as vm
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_client import Endpoint, ProbeError
+from hostile_servers import Hostile
 
 METRICS_033 = """# TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{engine="0",model_name="m"} 2.0
@@ -223,47 +224,6 @@ def test_wait_gives_up_after_the_start_period():
 
 
 # ---- hostile servers: each probe returns within its budget ----
-
-class Hostile(object):
-    def __init__(self, behaviour):
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.behaviour = behaviour
-        self.held = []
-        threading.Thread(target=self.loop, daemon=True).start()
-
-    def loop(self):
-        while True:
-            try:
-                conn, _addr = self.listener.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-            if self.behaviour == "headers-then-stall":
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc")
-            elif self.behaviour == "trickle":
-                conn.recv(65536)
-                threading.Thread(target=self.trickle, args=(conn,), daemon=True).start()
-            # "silent" and "tls-stall": accept and never say anything
-
-    @staticmethod
-    def trickle(conn):
-        try:
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-            while True:
-                conn.sendall(b"x")
-                time.sleep(0.1)
-        except OSError:
-            pass
-
-    def close(self):
-        self.listener.close()
-        for conn in self.held:
-            conn.close()
-
 
 @pytest.mark.parametrize("behaviour, scheme, stage", [
     ("silent", "http", "response"),
