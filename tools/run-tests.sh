@@ -71,12 +71,22 @@ stage_lab() {
     pytest tests/integration -q -p no:cacheprovider
 }
 
+# CI keeps only the tail of the output: a red stage repeats its first failures (Ansible's fatal results,
+# pytest's failure headers) after its own summary, so the cause is always in the tail.
+failure_excerpt() {
+    grep -n -m 3 -A 14 -E '^(fatal|failed): |^E   |^FAILED |^ERROR: ' "$1" | cut -c -300 | head -n 60
+}
+
+mkdir -p build/logs
 for stage in "${stages[@]}"; do
     echo
     echo "=== stage: $stage"
     start=$(date +%s)
-    if ! "stage_$stage"; then
+    log="build/logs/$stage.log"
+    if ! "stage_$stage" 2>&1 | tee "$log"; then
         echo
+        echo "=== first failures in $log:"
+        failure_excerpt "$log"
         echo "=== stage $stage FAILED after $(($(date +%s) - start)) s"
         exit 1
     fi
