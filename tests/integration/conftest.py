@@ -14,6 +14,11 @@ def _lab_hosts():
     return sorted(result.stdout.split())
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "runbooks: runbook tests; `make test` runs them in the Molecule scenario "
+                            "`runbooks`, not in the lab stage")
+
+
 @pytest.fixture(scope="session")
 def lab_hosts():
     names = _lab_hosts()
