@@ -75,7 +75,7 @@ stage_lab() {
 # CI keeps only the tail of the output: a red stage repeats its first failures (Ansible's fatal results,
 # pytest's failure headers) after its own summary, so the cause is always in the tail.
 failure_excerpt() {
-    grep -n -m 3 -A 14 -E '^(fatal|failed): |^E   |^FAILED |^ERROR: ' "$1" | cut -c -300 | head -n 60
+    grep -n -m 3 -A 14 -E '^(fatal|failed): |^E   |^FAILED |^ERROR: |^[a-z-]+\[[a-z-]+\]: ' "$1" | cut -c -300 | head -n 60
 }
 
 mkdir -p build/logs
