@@ -58,11 +58,13 @@ stage_build() {
 stage_molecule() {
     # Scenarios on lab hosts (the vllm role) need the lab; a fresh one, so no earlier run leaves GPUs taken.
     "${labctl[@]}" up --fresh --hosts "${LAB_HOSTS:-2}" || return 1
-    local scenario
+    local scenario started
     for scenario in extensions/molecule/*/molecule.yml; do
         scenario=$(basename "$(dirname "$scenario")")
         echo "--- molecule test -s $scenario"
+        started=$(date +%s)
         molecule test -s "$scenario" || return 1
+        echo "--- molecule scenario $scenario passed in $(($(date +%s) - started)) s"
     done
 }
 
