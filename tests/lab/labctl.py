@@ -56,14 +56,14 @@ def run(cmd, check=True, capture=True, input_file=None, timeout=None):
 
 
 def missing_caps():
-    """Capabilities this machine's bounding set lacks: they must be dropped, since --privileged fails here."""
+    """Capabilities this machine's bounding set lacks: they must be dropped, since a privileged container fails here."""
     with open("/proc/self/status") as handle:
         bounding = int(re.search(r"CapBnd:\s*([0-9a-f]+)", handle.read()).group(1), 16)
     return [name for bit, name in enumerate(CAP_NAMES) if not bounding >> bit & 1]
 
 
 def systemd_container_args():
-    """The container options that let systemd (and dockerd inside it) run without --privileged."""
+    """The container options that let systemd (and dockerd inside it) run in a container that is not privileged."""
     args = ["--cap-add", "ALL"]
     for cap in missing_caps():
         args += ["--cap-drop", cap]
