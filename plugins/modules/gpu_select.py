@@ -25,13 +25,13 @@ description:
     ancestor); tensor parallelism across a PCIe host bridge is much slower than within a switch or NVLink domain.
   - Returns the choice in the forms consumers need, quoted correctly, including for C(docker run --gpus).
   - Read-only; C(changed) is always false.
+extends_documentation_fragment:
+  - inferops.vllm.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Only reads the GPUs, so it behaves the same in check mode.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - nvidia-ml-py (C(pynvml)) for the C(nvml) backend; C(nvidia-smi) or C(docker) for the others.

@@ -17,12 +17,12 @@ description:
     Xid lines marked, the driver, Docker and vLLM image versions, disk and memory.
   - Every file is written 0600, with API keys, tokens and secret-looking values masked.
   - Returns each instance's status and the host's top diagnosis with the runbook to run next.
+extends_documentation_fragment:
+  - inferops.vllm.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: none
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   dest:

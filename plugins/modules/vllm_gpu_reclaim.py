@@ -18,12 +18,12 @@ description:
   - When memory stays held with no process, resets exactly those GPUs with C(nvidia-smi --gpu-reset -i N),
     turning persistence mode off first (nvidia-persistenced otherwise holds the GPU) and restoring it afterwards.
     A reset is refused, with the PIDs named, when another workload's process uses the GPU.
+extends_documentation_fragment:
+  - inferops.vllm.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - nvidia-ml-py (C(pynvml)), and C(nvidia-smi) for resets.

@@ -26,13 +26,13 @@ description:
     logs, and fails fast when the container or unit has exited or is crash-looping instead of waiting out
     O(start_period).
   - Always returns within its time budget, since every network step is bounded by an absolute deadline.
+extends_documentation_fragment:
+  - inferops.vllm.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Read-only, so it probes in check mode too.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - prometheus-client (C(prometheus_client)) to read C(/metrics).

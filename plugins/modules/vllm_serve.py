@@ -28,12 +28,12 @@ description:
   - Idempotent. A changed configuration (arguments, environment, image, GPUs, keys) recreates the container or
     rewrites the unit and restarts it. Diff mode shows the arguments, the environment (values masked) and the
     image.
+extends_documentation_fragment:
+  - inferops.vllm.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
 requirements:
   - docker (the Docker SDK for Python) for the V(docker) backend.
