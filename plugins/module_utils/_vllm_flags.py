@@ -1,37 +1,17 @@
 # Copyright: inferops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""vLLM's command line, per version: the flags vllm_serve may pass, the ones vLLM removed (with what replaced
-them), and the environment variables that are gone. An unknown flag makes `vllm serve` exit at once, so
-vllm_serve refuses it before changing anything."""
+"""vLLM's command line, per release: which flags `vllm serve` has (the catalog generated from vLLM's own parser,
+_vllm_flag_catalog), the ones vLLM removed with what replaced them, and environment variables that are gone.
+An unknown flag makes `vllm serve` exit 2 at once, so vllm_serve refuses it before changing anything."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import re
 
-# Flags of `vllm serve` in 0.33 that extra_args may carry (structured options have their own parameters).
-KNOWN_FLAGS = frozenset("""
-allowed-headers allowed-methods allowed-origins allow-credentials api-server-count block-size chat-template
-chat-template-content-format calculate-kv-scales code-revision collect-detailed-traces compilation-config
-config-format cpu-offload-gb data-parallel-size data-parallel-rank data-parallel-start-rank data-parallel-address
-data-parallel-rpc-port disable-cascade-attn disable-custom-all-reduce disable-fastapi-docs disable-frontend-multiprocessing
-disable-log-requests disable-log-stats disable-mm-preprocessor-cache disable-sliding-window disable-uvicorn-access-log
-distributed-executor-backend enable-auto-tool-choice enable-chunked-prefill enable-eplb enable-expert-parallel
-enable-lora enable-lora-bias enable-log-outputs enable-prompt-tokens-details enable-request-id-headers
-enable-server-load-tracking enable-sleep-mode enable-tokenizer-info-endpoint enforce-eager expert-placement-strategy
-fully-sharded-loras generation-config hf-config-path hf-overrides
-ignore-patterns kv-cache-memory kv-events-config kv-transfer-config limit-mm-per-prompt load-format
-logits-processors long-lora-scaling-factors lora-dtype lora-modules max-cpu-loras max-log-len max-logprobs max-long-partial-prefills
-max-lora-rank max-loras max-num-partial-prefills max-parallel-loading-workers max-seq-len-to-capture middleware
-mm-processor-kwargs model-impl model-loader-extra-config num-gpu-blocks-override num-lookahead-slots
-otlp-traces-endpoint override-attention-dtype override-generation-config
-override-pooler-config preemption-mode prefix-caching-hash-algo pt-load-map-location reasoning-parser
-response-role return-tokens-as-token-ids revision root-path rope-scaling rope-theta scheduler-cls scheduling-policy
-seed served-model-name-suffix show-hidden-metrics-for-version skip-tokenizer-init speculative-config
-structured-outputs-config swap-space tokenizer tokenizer-mode tokenizer-revision tool-call-parser tool-parser-plugin
-uvicorn-log-level worker-cls worker-extension-cls async-scheduling stream-interval
-""".split())
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_flag_catalog import RELEASES
 
 # Flags vllm_serve sets from its own options: extra_args must not carry them.
 STRUCTURED = {
@@ -46,14 +26,33 @@ STRUCTURED = {
     "ssl-ca-certs": "ssl_ca_certs", "enable-ssl-refresh": "enable_ssl_refresh", "config": "(managed by vllm_serve)",
 }
 
-# Removed flags -> (the vLLM version that removed them, what to use instead).
+# Flags that users carry over from older vLLM releases -> (what to do instead, the flags that advice names).
+# A flag counts as removed only for a release whose catalog lacks it; a test checks that every flag named in the
+# advice exists in each release where the old flag is gone.
 REMOVED = {
-    "speculative-model": ("0.10", "--speculative-config '{\"model\": ..., \"num_speculative_tokens\": N}'"),
-    "num-speculative-tokens": ("0.10", "--speculative-config '{\"num_speculative_tokens\": N, ...}'"),
-    "guided-decoding-backend": ("0.11", "--structured-outputs-config '{\"backend\": ...}'"),
-    "use-v2-block-manager": ("0.7", "nothing: the v2 block manager is the only one"),
-    "num-scheduler-steps": ("0.10", "nothing: multi-step scheduling was removed with the V0 engine"),
-    "swap-space-gb": ("0.6", "--swap-space"),
+    "speculative-model": ("--speculative-config '{\"model\": ..., \"num_speculative_tokens\": N}'",
+                          ["speculative-config"]),
+    "num-speculative-tokens": ("--speculative-config '{\"num_speculative_tokens\": N, ...}'", ["speculative-config"]),
+    "guided-decoding-backend": ("--structured-outputs-config '{\"backend\": ...}'", ["structured-outputs-config"]),
+    "use-v2-block-manager": ("nothing: the v2 block manager is the only one", []),
+    "num-scheduler-steps": ("nothing: multi-step scheduling went with the V0 engine", []),
+    "swap-space": ("nothing: the V1 engine recomputes preempted requests (to offload the KV cache to CPU memory, "
+                   "see --kv-offloading-size)", ["kv-offloading-size"]),
+    "swap-space-gb": ("nothing: the V1 engine recomputes preempted requests (to offload the KV cache to CPU memory, "
+                      "see --kv-offloading-size)", ["kv-offloading-size"]),
+    "preemption-mode": ("nothing: the V1 engine always recomputes preempted requests", []),
+    "num-lookahead-slots": ("nothing: speculative decoding is set with --speculative-config",
+                            ["speculative-config"]),
+    "max-seq-len-to-capture": ("--max-cudagraph-capture-size", ["max-cudagraph-capture-size"]),
+    "rope-scaling": ("--hf-overrides with the model config's RoPE settings", ["hf-overrides"]),
+    "rope-theta": ("--hf-overrides with the model config's RoPE settings", ["hf-overrides"]),
+    "task": ("--runner (generate, pooling) and --convert", ["runner", "convert"]),
+    "device": ("nothing: the platform is detected; install the vLLM build for the device", []),
+    "disable-log-requests": ("nothing: requests are not logged unless --enable-log-requests is given",
+                             ["enable-log-requests"]),
+    "worker-use-ray": ("--distributed-executor-backend ray", ["distributed-executor-backend"]),
+    "engine-use-ray": ("nothing: the engine no longer runs as a Ray actor", []),
+    "disable-frontend-multiprocessing": ("nothing: the V1 engine always runs in its own process", []),
 }
 
 # Environment variables vLLM no longer reads (unknown VLLM_* variables only warn, so these are warnings).
@@ -63,10 +62,18 @@ GONE_ENV = {
 }
 
 _FLAG_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
 class FlagError(ValueError):
     pass
+
+
+def _key(version):
+    return tuple(int(part) for part in _VERSION.match(version).groups())
+
+
+SUPPORTED = sorted(RELEASES, key=_key)
 
 
 def normalize(flag):
@@ -75,44 +82,105 @@ def normalize(flag):
     return name.replace("_", "-")
 
 
-def check_extra_args(extra_args, strict=True):
-    """Checks extra_args ({flag: value}); returns warnings. Raises FlagError with what to change."""
+def release_from_text(text):
+    """'v0.33.0', '0.32.0+cpu', 'vllm/vllm-openai:v0.33.0', '0.33.1.dev4+gabc' -> '0.33.0' etc., or None."""
+    match = _VERSION.search(str(text or ""))
+    return "%s.%s.%s" % match.groups() if match else None
+
+
+def release_from_image(image):
+    """The release an image's tag names (vllm/vllm-openai:v0.33.0), or None (latest, a digest, no tag)."""
+    tail = str(image or "").rsplit("/", 1)[-1]
+    if "@" in tail or ":" not in tail:
+        return None
+    return release_from_text(tail.split(":", 1)[1])
+
+
+class Release(object):
+    """The catalog a host's vLLM is checked against: its own, or (with a warning) the newest one before it."""
+
+    def __init__(self, version, source):
+        self.version = release_from_text(version)
+        self.source = source
+        self.warning = None
+        if self.version in RELEASES:
+            self.catalog_version = self.version
+        else:
+            older = [v for v in SUPPORTED if self.version and _key(v) <= _key(self.version)]
+            self.catalog_version = (older or SUPPORTED)[-1]
+            self.warning = (
+                "vLLM %s (%s) has no flag catalog in this collection (it has %s): extra_args are checked against "
+                "%s's flags, and unknown ones only warn" % (
+                    version or "of unknown release", source, ", ".join(SUPPORTED), self.catalog_version))
+        self.catalog = RELEASES[self.catalog_version]
+
+    @property
+    def exact(self):
+        return self.warning is None
+
+    def has(self, flag):
+        return flag in self.catalog["flags"]
+
+
+def check_extra_args(extra_args, release, strict=True):
+    """Checks extra_args ({flag: value}) against the release's flags; returns warnings. Raises FlagError saying
+    what to change."""
     warnings = []
-    for flag in extra_args or {}:
+    strict = strict and release.exact
+    label = "vLLM %s" % release.catalog_version
+    for flag, value in sorted((extra_args or {}).items(), key=lambda item: str(item[0])):
         name = normalize(flag)
         if not _FLAG_NAME.match(name):
-            raise FlagError("extra_args: %r is not a flag name (use e.g. max-loras: 4)" % flag)
-        if name in REMOVED:
-            version, instead = REMOVED[name]
-            raise FlagError("extra_args: --%s was removed from vLLM in %s; use %s instead" % (name, version, instead))
+            raise FlagError("extra_args: %r is not a flag name (write it as e.g. max-loras: 4; a JSON setting such as "
+                            "compilation-config takes a mapping as its value)" % (flag,))
         if name in STRUCTURED:
             raise FlagError("extra_args: --%s is set by the option %s, not through extra_args" % (
                 name, STRUCTURED[name]))
-        if name.startswith("no-") and name[3:] in KNOWN_FLAGS:
-            continue
-        if name not in KNOWN_FLAGS:
-            message = "extra_args: --%s is not a flag of vLLM 0.33's `vllm serve`" % name
+        if name in REMOVED and not release.has(name):
+            raise FlagError("extra_args: %s has no --%s (vLLM removed it); use %s instead" % (
+                label, name, REMOVED[name][0]))
+        kind = release.catalog["flags"].get(name)
+        if kind is None:
+            message = "extra_args: --%s is not a flag of %s's `vllm serve`" % (name, label)
             if strict:
-                raise FlagError(message + " (vLLM would exit at once; set flag_check: warn if your vLLM has it)")
+                raise FlagError(message + " (vLLM would exit 2 at once; set vllm_version to the release the host "
+                                          "runs, or flag_check: warn for a build with extra flags)")
             warnings.append(message)
+            continue
+        problem = _value_problem(kind, value)
+        if problem:
+            raise FlagError("extra_args: --%s %s" % (name, problem))
     return warnings
+
+
+def _value_problem(kind, value):
+    if kind == "switch":
+        return None if isinstance(value, bool) else "is a switch: give true or false, not %r" % (value,)
+    if isinstance(value, bool):
+        return "takes a value, not %s" % str(value).lower()
+    if isinstance(value, (list, tuple)) and kind not in ("values",):
+        return "takes one value, not a list"
+    if isinstance(value, float) and value != value:
+        return "cannot be NaN"
+    return None
 
 
 def check_env(env):
     return [GONE_ENV[name] for name in sorted(env or {}) if name in GONE_ENV]
 
 
-def extra_argv(extra_args):
-    """argv for extra_args: true -> --flag, false -> --no-flag, lists -> --flag a b, dicts -> JSON."""
-    import json
-
+def extra_argv(extra_args, release):
+    """argv for extra_args: true -> --flag, false -> the flag's negation (or nothing where off is its default),
+    lists -> --flag a b, mappings -> JSON."""
     argv = []
-    for flag in sorted(extra_args or {}):
+    for flag in sorted(extra_args or {}, key=str):
         name, value = normalize(flag), extra_args[flag]
         if value is True:
             argv.append("--" + name)
         elif value is False:
-            argv.append("--no-" + name)
+            negation = release.catalog["negations"].get(name)
+            if negation:
+                argv.append("--" + negation)
         elif value is None:
             continue
         elif isinstance(value, (list, tuple)):

@@ -4,8 +4,10 @@
 
     weights per GPU = parameters x bytes per parameter / (tensor parallel x pipeline parallel)
 
-compared with what vLLM may use on each chosen GPU (free memory x gpu_memory_utilization), less a reserve for
-activations and the KV cache. 70B in bf16 on 40 GB GPUs needs TP >= 4 (seed 004)."""
+compared with vLLM's budget on each chosen GPU, which is vLLM's own rule: total memory x gpu_memory_utilization,
+and that much must be free when vLLM starts (else it stops with "Free memory on device ... is less than desired
+GPU memory utilization"). What the weights and a reserve for activations leave of the budget is the KV cache.
+70B in bf16 on 40 GB GPUs needs TP >= 4 (seed 004)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -81,24 +83,24 @@ def plan(gpus, gpu_memory_utilization, tensor_parallel_size, pipeline_parallel_s
     for gpu in gpus:
         total = gpu["memory_total_mib"] * MIB
         free = gpu["memory_free_mib"] * MIB
-        usable = free * gpu_memory_utilization
-        entry = {"index": gpu["index"], "free_gib": round(free / GIB, 2), "usable_gib": round(usable / GIB, 2),
-                 "kv_cache_gib": round((usable - per_gpu - reserve) / GIB, 2)}
-        report["gpus"].append(entry)
-        if free < gpu_memory_utilization * total:
-            numbers = (gpu["index"], free / GIB, gpu_memory_utilization, gpu_memory_utilization * total / GIB,
-                       total / GIB, (total - free) / GIB)
+        budget = total * gpu_memory_utilization
+        report["gpus"].append({"index": gpu["index"], "free_gib": round(free / GIB, 2),
+                               "budget_gib": round(budget / GIB, 2),
+                               "kv_cache_gib": round((budget - per_gpu - reserve) / GIB, 2)})
+        if free < budget:
+            numbers = (gpu["index"], free / GIB, gpu_memory_utilization, budget / GIB, total / GIB,
+                       (total - free) / GIB)
             problems.append(
                 "GPU %s has %.1f GiB free, but gpu_memory_utilization %s asks vLLM for %.1f GiB of its %.1f GiB at "
                 "start (other processes hold %.1f GiB): free the GPU, pick another (gpu_select), or lower "
                 "gpu_memory_utilization" % numbers)
-        elif per_gpu + reserve > usable:
-            problems.append("GPU %s: %.1f GiB of weights per GPU + %.1f GiB reserve > %.1f GiB usable (%.1f GiB "
-                            "free x %s)" % (gpu["index"], per_gpu / GIB, RESERVE_GIB, usable / GIB, free / GIB,
-                                            gpu_memory_utilization))
+        elif per_gpu + reserve > budget:
+            problems.append("GPU %s: %.1f GiB of weights per GPU + %.1f GiB reserve > vLLM's budget of %.1f GiB "
+                            "(%.1f GiB total x %s)" % (gpu["index"], per_gpu / GIB, RESERVE_GIB, budget / GIB,
+                                                        total / GIB, gpu_memory_utilization))
     if problems:
         smallest = None
-        tightest = min(g["memory_free_mib"] * MIB for g in gpus) * gpu_memory_utilization
+        tightest = min(g["memory_total_mib"] * MIB for g in gpus) * gpu_memory_utilization
         for tp in TP_SIZES:
             if weight_bytes / (tp * pipeline_parallel_size) + reserve <= tightest:
                 smallest = tp

@@ -49,6 +49,9 @@ class Spec(object):
         self.gpus = [str(g) for g in params["gpus"] or []]
         self.warnings = []
         self.mounts = []  # (host path, container path, mode)
+        # The vLLM release the instance runs, as far as the options tell; vllm_serve may ask the host's vLLM.
+        self.release = _vllm_flags.Release(params.get("vllm_version") or _vllm_flags.release_from_image(
+            params.get("image")), "the options")
 
     # ---- paths inside the process's view ----
 
@@ -120,7 +123,7 @@ class Spec(object):
                              ("ssl_ca_certs", "ssl-ca-certs")):
             if p[option]:
                 argv += _flag(flag, self._inside(p[option]))
-        argv += _vllm_flags.extra_argv(p["extra_args"])
+        argv += _vllm_flags.extra_argv(p["extra_args"], self.release)
         if p["api_keys"]:
             argv += _flag("config", posixpath.join(self.secrets_inside, "serve-config.yaml"))
         return argv

@@ -164,11 +164,22 @@ options:
   extra_args:
     description:
       - More C(vllm serve) flags, as a mapping of flag name to value (C(max-loras) to V(4), C(enable-lora) to
-        V(true)). Checked against vLLM 0.33's flags; removed flags are refused with their replacement.
+        V(true), C(compilation-config) to a mapping, which goes as JSON). V(false) gives the flag's negation
+        (C(--no-enable-lora)) where vLLM has one, and leaves the flag out otherwise.
+      - Checked against the flags of the vLLM release the host runs (see O(vllm_version)), from a catalog generated
+        from vLLM's own parser; flags vLLM removed are refused with what replaced them.
     type: dict
     default: {}
+  vllm_version:
+    description:
+      - The vLLM release the instance runs (V(0.33.0)), whose flags O(extra_args) are checked against.
+      - By default it is read from the image's tag (V(vllm/vllm-openai:v0.33.0)), else from the vLLM installed in
+        the image or in O(venv_path).
+      - A release without a catalog in this collection (RV(flag_catalog)) is checked against the newest catalog
+        before it, and unknown flags then only warn.
+    type: str
   flag_check:
-    description: V(strict) refuses flags unknown to vLLM 0.33; V(warn) only warns (for newer vLLM versions).
+    description: V(strict) refuses flags the release does not have; V(warn) only warns (for builds with extra flags).
     type: str
     choices: [strict, warn]
     default: strict
@@ -281,14 +292,22 @@ gpus:
   type: list
   elements: str
 memory_plan:
-  description: Weights in total and per GPU, and per GPU the free, usable and KV-cache memory (GiB).
+  description: Weights in total and per GPU, and per GPU the free memory, vLLM's budget (total memory x
+    O(gpu_memory_utilization), which must be free at start) and what the budget leaves for the KV cache (GiB).
   returned: when the GPUs and the model size were known
   type: dict
-  sample: {weights_gib: 65.8, weights_per_gpu_gib: 32.9, gpus: [{index: 4, free_gib: 79.6, usable_gib: 71.7}]}
+  sample: {weights_gib: 65.8, weights_per_gpu_gib: 32.9, gpus: [{index: 4, free_gib: 79.6, budget_gib: 71.7,
+           kv_cache_gib: 37.3}]}
 config_hash:
   description: Hash of the desired configuration (salted for the secrets).
   returned: unless absent
   type: str
+flag_catalog:
+  description: The vLLM release the instance runs, where that was read from, and the catalog its flags were checked
+    against.
+  returned: unless absent
+  type: dict
+  sample: {vllm_version: 0.33.0, source: the image tag, catalog: 0.33.0}
 """
 
 import json
@@ -298,8 +317,11 @@ import re
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.inferops.vllm.plugins.module_utils import (
-    _files, _instance_procs, _nvml, _systemd, _vllm_docker, _vllm_flags, _vllm_planner, _vllm_spec, _vllm_units,
+    _command, _files, _instance_procs, _nvml, _systemd, _vllm_docker, _vllm_flags, _vllm_planner, _vllm_spec,
+    _vllm_units,
 )
+
+VERSION_CODE = "import importlib.metadata as m; print(m.version('vllm'))"
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import LABEL_PREFIX
 
 
@@ -322,12 +344,41 @@ class VllmServe(object):
 
     # ---- validation, before anything changes ----
 
+    def release(self):
+        """The vLLM release the instance runs: the option, the image's tag, or asked of the installed vLLM."""
+        p = self.p
+        if p["vllm_version"]:
+            return _vllm_flags.Release(p["vllm_version"], "vllm_version")
+        if p["backend"] == "venv":
+            argv = [os.path.join(p["venv_path"], "bin", "python"), "-c", VERSION_CODE]
+            source = "the vLLM in %s" % p["venv_path"]
+        else:
+            tagged = _vllm_flags.release_from_image(p["image"])
+            if tagged:
+                return _vllm_flags.Release(tagged, "the tag of %s" % p["image"])
+            argv = ["docker", "run", "--rm", "--network", "none", "--pull", "never", "--entrypoint", "python3",
+                    p["image"], "-c", VERSION_CODE]
+            source = "the vLLM in %s" % p["image"]
+        try:
+            rc, out, _err = _command.run(argv, timeout=60)
+        except _command.CommandError:
+            rc, out = 1, ""
+        found = _vllm_flags.release_from_text(out) if rc == 0 else None
+        return _vllm_flags.Release(found, source if found else "not read: %s could not be asked; set vllm_version" %
+                                   source)
+
     def validate(self):
         p = self.p
         if not p["model"]:
             self.fail("model is required unless state is absent")
+        release = self.spec.release = self.release()
+        if release.warning:
+            self.module.warn(release.warning)
+        self.result["flag_catalog"] = {"vllm_version": release.version, "source": release.source,
+                                       "catalog": release.catalog_version}
         try:
-            for warning in _vllm_flags.check_extra_args(p["extra_args"], strict=p["flag_check"] == "strict"):
+            for warning in _vllm_flags.check_extra_args(p["extra_args"], release,
+                                                        strict=p["flag_check"] == "strict"):
                 self.module.warn(warning)
             for warning in _vllm_flags.check_env(p["env"]):
                 self.module.warn(warning)
@@ -641,6 +692,7 @@ def main():
             enable_ssl_refresh=dict(type="bool", default=False),
             env=dict(type="dict", default={}),
             extra_args=dict(type="dict", default={}),
+            vllm_version=dict(type="str"),
             flag_check=dict(type="str", choices=["strict", "warn"], default="strict"),
             model_params=dict(type="raw"),
             model_path_map=dict(type="dict", default={}),

@@ -1,4 +1,4 @@
-"""vllm_serve's logic without Ansible: the argument builder, the flag catalog, the planner, secrets, units."""
+"""vllm_serve's logic without Ansible: the argument builder, the planner, secrets, units."""
 
 import json
 import shlex
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _systemd, _vllm_flags, _vllm_planner, _vllm_units
+from ansible_collections.inferops.vllm.plugins.module_utils import _systemd, _vllm_planner, _vllm_units
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import Spec, SpecError
 
 GIB_MIB = 1024
@@ -99,35 +99,6 @@ def test_config_hash_changes_with_keys_but_carries_none():
                                                                                        two.secrets_digest(salt))
 
 
-# ---- flags ----
-
-@pytest.mark.parametrize("flag, replacement", [("speculative-model", "--speculative-config"),
-                                               ("--guided-decoding-backend", "--structured-outputs-config"),
-                                               ("num_speculative_tokens", "--speculative-config")])
-def test_removed_flags_name_their_replacement(flag, replacement):
-    with pytest.raises(_vllm_flags.FlagError, match="was removed from vLLM in .*; use %s" % replacement):
-        _vllm_flags.check_extra_args({flag: "x"})
-
-
-def test_unknown_flags_are_refused_or_warned():
-    with pytest.raises(_vllm_flags.FlagError, match="--made-up is not a flag of vLLM 0.33"):
-        _vllm_flags.check_extra_args({"made-up": 1})
-    assert _vllm_flags.check_extra_args({"made-up": 1}, strict=False) == [
-        "extra_args: --made-up is not a flag of vLLM 0.33's `vllm serve`"]
-
-
-def test_structured_and_secret_flags_are_not_extra_args():
-    with pytest.raises(_vllm_flags.FlagError, match="--api-key is set by the option api_keys"):
-        _vllm_flags.check_extra_args({"api-key": "x"})
-    with pytest.raises(_vllm_flags.FlagError, match="--max-model-len is set by the option max_model_len"):
-        _vllm_flags.check_extra_args({"max_model_len": 10})
-
-
-def test_vllm_use_v1_is_a_warning():
-    assert _vllm_flags.check_env({"VLLM_USE_V1": "0"}) == [
-        "VLLM_USE_V1 is gone since vLLM 0.11.1 (the V1 engine is the only one); remove it"]
-
-
 # ---- the memory planner ----
 
 def gpus(n, free=A100_40GB, total=A100_40GB):
@@ -153,6 +124,19 @@ def test_busy_gpu_is_refused_with_the_numbers():
     with pytest.raises(_vllm_planner.PlanError, match=r"GPU 0 has 20.0 GiB free, but gpu_memory_utilization 0.9 "
                                                       r"asks vLLM for 36.0 GiB of its 40.0 GiB at start"):
         _vllm_planner.plan(gpus(1, free=20 * GIB_MIB), 0.9, 1, 1, params=1e9)
+
+
+def test_the_budget_is_total_memory_times_utilization_and_must_be_free():
+    # vLLM's rule: the budget is 0.9 x 40 GiB = 36 GiB whatever is free, so 38 GiB free still leaves a KV cache
+    # computed from 36 GiB, and 30 GiB free is refused although 30 x 0.9 would hold the weights.
+    report = _vllm_planner.plan(gpus(1, free=38 * GIB_MIB), 0.9, 1, 1, params=8e9)
+    assert report["gpus"][0]["budget_gib"] == 36.0
+    assert report["gpus"][0]["kv_cache_gib"] == pytest.approx(36.0 - 14.9 - 1.5, abs=0.01)
+    with pytest.raises(_vllm_planner.PlanError, match="GPU 0 has 30.0 GiB free, but gpu_memory_utilization 0.9 "
+                                                      "asks vLLM for 36.0 GiB"):
+        _vllm_planner.plan(gpus(1, free=30 * GIB_MIB), 0.9, 1, 1, params=8e9)
+    with pytest.raises(_vllm_planner.PlanError, match=r"budget of 8\.0 GiB \(40\.0 GiB total x 0\.2\)"):
+        _vllm_planner.plan(gpus(1), 0.2, 1, 1, params=8e9)
 
 
 def test_too_big_for_any_tp_says_quantize():
