@@ -1,9 +1,39 @@
 # Copyright: inferops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Known vLLM failure signatures in server logs, and the model-loading progress, for vllm_health.
+"""Known vLLM failure signatures in server logs, and the start-up phase, for vllm_health and vllm_diagnose.
 
 Each signature maps log evidence to a diagnosis: a stable code, what it means and what to do, and the runbook
-(playbook or docs section) that fixes it.
+(playbook or docs section) that fixes it. The texts are what real vLLM prints (0.32/0.33, plus what older
+releases printed where a real log shows it); tests/unit/fixtures/vllm_logs holds real excerpts for each code.
+
+Root cause first. A failing vLLM prints its error several times (the `raise` source line, the exception line,
+each process's traceback) and then generic tails ("Engine core initialization failed", EngineDeadError). `scan`
+returns one diagnosis per code, ordered by:
+
+1. specific before generic: engine_dead (the engine died, cause unknown) only ever comes after a specific code;
+2. the current run before earlier ones: lines before the last start banner (a restarted server's tail) belong to
+   a run that is over, so what they show ranks after what the current run shows;
+3. then the fixed order of SIGNATURES, which follows how a start-up proceeds and what causes what: the command
+   line (unrecognized_arguments), the port (address_in_use), the model's identity and files (unknown_quantization,
+   model_gated before model_not_found since a gated repo also ends in vLLM's "Invalid repository ID", then
+   tokenizer_error, max_model_len_exceeds_model), the platform (cuda_driver_insufficient before no_gpu since an
+   old or absent driver also hides the GPUs, then world_size_exceeds_gpus), shared memory (shm_too_small before
+   nccl_error, which a small /dev/shm also causes), then memory: gpu_memory_in_use (others hold the memory, so an
+   OOM that follows is its consequence), vLLM's own KV-cache verdicts kv_cache_too_small and
+   max_seq_len_exceeds_kv_cache (explicit checks made after the weights loaded, naming the setting to change;
+   a CUDA OOM in the same lines is a retry or another rank failing, and the OOM fix, lowering
+   gpu_memory_utilization, would make the verdict worse), then the raw cuda_oom, then nccl_error.
+
+Long lines (a logged prompt) are searched only in their first and last 4 KiB, and every pattern is linear, so a
+hostile line costs little. Evidence and messages are redacted and capped at 500 characters.
+
+Start-up phases (`progress`): initialising (banner, `non-default args:`, `Resolved architecture`, `Using max model
+len`, engine config), loading (`Starting to load model`, checkpoint shards, `Loading weights took`, `Model loading
+took`), profiling (torch.compile, `Available KV cache memory`, `KV cache size: N tokens`), warming_up (`Warming up
+model`, CUDA graph capture, `init engine (profile, create kv cache, warmup model) took`), serving (`Starting vLLM
+server on http…`, `Application startup complete`), and failed: a failure signature after the last phase line (the
+start-up, or the server, died there; `error` names the root cause). Only a line's message, after the process tag
+and the logger header, is matched, so a phrase inside an args dump or a logged prompt does not move the phase.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,89 +48,325 @@ from ansible_collections.inferops.vllm.plugins.module_utils._redact import redac
 RUNBOOKS = "playbooks/runbooks/"
 DOCS = "docs/runbooks.md#"
 
-# (code, pattern, message, runbook)
+EVIDENCE_MAX = 500
+_EDGE = 4096
+_GAP = r"[^\n]{0,160}?"  # a bounded gap between two parts of one message: no quadratic backtracking
+
+# Codes that only say the engine died, not why: they rank after any specific code.
+GENERIC = ("engine_dead",)
+
+_OOM_FIX = ("Lower gpu_memory_utilization, then max_num_seqs, then max_model_len (oom_recover.yml steps them "
+            "down), or use a smaller or quantized model.")
+_KV_FIX = ("Raise gpu_memory_utilization (towards 0.95, if nothing else uses the GPU) or lower max_model_len, or "
+           "use a smaller model, a quantized one or more GPUs (tensor_parallel_size). Lowering "
+           "gpu_memory_utilization (oom_recover.yml) makes this worse.")
+
+
+def _sig(code, patterns, message, runbook):
+    return (code, re.compile("|".join("(?:%s)" % p for p in patterns)), message, runbook)
+
+
+# (code, pattern, message, runbook), in root-cause order (see the module docstring). A code may have several
+# entries: the first entry of a code that matches gives the message.
 SIGNATURES = (
-    ("cuda_oom", re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory"),
-     "The GPU ran out of memory (CUDA OOM). Lower gpu_memory_utilization, then max_num_seqs, then "
-     "max_model_len.", RUNBOOKS + "oom_recover.yml"),
-    ("gpu_memory_in_use", re.compile(r"Free memory on device .* is less than desired GPU memory utilization"),
-     "Other processes hold the GPU memory this instance needs: stale workers of this instance, or another "
-     "workload on the same GPU.", RUNBOOKS + "reset.yml"),
-    ("max_seq_len_exceeds_kv_cache", re.compile(
-        r"max seq len \(\d+\).*(larger than the (maximum number of tokens that can be stored in KV cache|"
-        r"available KV cache memory))|estimated maximum model length is \d+|max seq len is too large"),
-     "max_model_len does not fit in the KV cache. Lower max_model_len (or raise gpu_memory_utilization).",
-     RUNBOOKS + "oom_recover.yml"),
-    ("address_in_use", re.compile(r"\[Errno (98|48)\] (error while attempting to bind.*: )?[Aa]ddress already in use"),
-     "Another process already listens on the server's port.", RUNBOOKS + "diagnose.yml"),
-    ("tokenizer_missing", re.compile(r"TypeError: not a string|Can't load tokenizer|tokenizer\.model.*(not found|"
-                                     r"No such file)"),
-     "The model's tokenizer files are missing (tokenizer.model / tokenizer.json).", DOCS + "model-files"),
-    ("cuda_driver_insufficient", re.compile(r"CUDA driver version is insufficient for CUDA runtime version|"
-                                            r"Found no NVIDIA driver on your system"),
-     "The NVIDIA driver is too old for the CUDA runtime in the vLLM image, or not loaded.", DOCS + "driver"),
-    ("model_not_found", re.compile(r"RepositoryNotFoundError|404 Client Error|[Mm]odel not found|is not a local folder and is not a "
-                                   r"valid model identifier|Incorrect path_or_model_id|does not appear to have a file "
-                                   r"named config\.json"),
-     "The model does not exist at that hub id or path.", DOCS + "model-access"),
-    ("model_gated", re.compile(r"GatedRepoError|401 Client Error|Cannot access gated repo|Access to model .* is "
-                               r"restricted"),
-     "The model is gated: the host needs an HF token with access to it.", DOCS + "model-access"),
-    ("nccl_error", re.compile(r"NCCL error|ncclInternalError|ncclSystemError|NCCL WARN"),
-     "NCCL (multi-GPU communication) failed; check the GPUs' interconnect, shared memory (ipc host) and the "
-     "tensor-parallel size.", RUNBOOKS + "reset.yml"),
-    ("unrecognized_arguments", re.compile(r"error: (unrecognized arguments: .*|the following arguments are required: "
-                                          r".*|argument --\S+: .*)"),
-     "vLLM refused its command line (a flag unknown to this vLLM version, such as the removed --speculative-model "
-     "or --guided-decoding-backend, or a missing or invalid argument).", DOCS + "flags"),
-    ("engine_dead", re.compile(r"EngineDeadError|EngineCore encountered a fatal error|Engine core initialization "
-                               r"failed|remote process exited|died unexpectedly"),
-     "The engine core died; the API server cannot serve until it is restarted.", RUNBOOKS + "reset.yml"),
-    ("no_gpu", re.compile(r"No CUDA GPUs are available"),
-     "The server saw no GPU: check the container's GPU request (--gpus / DeviceRequests) or CUDA_VISIBLE_DEVICES.",
-     DOCS + "gpus"),
+    _sig("unrecognized_arguments",
+         [r": error: (unrecognized arguments: [^\n]{1,400}|argument [^\n]{1,400}"
+          r"|the following arguments are required: [^\n]{1,400})"],
+         "vLLM refused its command line: a flag unknown to this vLLM release (such as the removed --swap-space, "
+         "--speculative-model or --guided-decoding-backend), or a missing or invalid value. Fix extra_args "
+         "(vllm_serve names the replacement of removed flags).", DOCS + "flags"),
+    _sig("address_in_use",
+         [r"\[Errno (?:98|48)\] " + _GAP + r"[Aa]ddress already in use"],
+         "Another process already listens on the server's port: a stale server of this instance or another "
+         "service. Free the port or move the instance (port).", RUNBOOKS + "diagnose.yml"),
+    _sig("unknown_quantization",
+         [r"Unknown quantization method"],
+         "This vLLM release does not know the quantization method (quantization, or the model's "
+         "quantization_config): pick one it lists, or a vLLM release that supports the checkpoint.",
+         DOCS + "quantization"),
+    _sig("model_gated",
+         [r"GatedRepoError", r"Cannot access gated repo", r"access a gated repo", r"Access to model " + _GAP +
+          r" is restricted", r"is gated\. You must be authenticated", r"public gated repositories"],
+         "The model is gated on the Hugging Face hub: accept its licence on the model page with an account, and "
+         "give the host that account's token (vllm_hf_token).", DOCS + "model-access"),
+    _sig("model_not_found",
+         [r"Invalid repository ID or local directory specified",
+          r"Repo id must (?:be in the form|use alphanumeric)", r"HFValidationError", r"RepositoryNotFoundError",
+          r"Repository Not Found for url", r"404 Client Error",
+          r"does not appear to have a file named config\.json", r"is not a local folder and is not a valid model "
+          r"identifier", r"Incorrect path_or_model_id", r"OSError: Model not found"],
+         "The model does not exist at that hub id or local path (as seen from inside the container: "
+         "model_path_map), or it is a private repository the host has no token for (vllm_hf_token).",
+         DOCS + "model-access"),
+    _sig("model_not_found",
+         [r"401 Client Error"],
+         "The hub answered 401 without naming a gated repository: a repository that does not exist answers 401 "
+         "to a request without a token, so check the model id first; a private or gated model needs "
+         "vllm_hf_token.", DOCS + "model-access"),
+    _sig("tokenizer_error",
+         [r"Couldn't instantiate the backend tokenizer", r"Can't load tokenizer", r"TypeError: not a string",
+          r"Failed to load the tokenizer", r"No tokenizer file found", r"Tokenizer class \w{1,100} does not exist",
+          r"tokenizer\.model" + _GAP + r"(?:not found|No such file)"],
+         "The model's tokenizer cannot be loaded: tokenizer.json / tokenizer.model / tokenizer_config.json are "
+         "missing from the model directory, or need a package (sentencepiece, tiktoken) the image lacks.",
+         DOCS + "model-files"),
+    _sig("max_model_len_exceeds_model",
+         [r"User-specified max_model_len \(\d+\) is greater than the derived max_model_len"],
+         "max_model_len is larger than the model's own context length (max_position_embeddings in its "
+         "config.json): lower max_model_len to it or below.", DOCS + "max-model-len-exceeds-model"),
+    _sig("cuda_driver_insufficient",
+         [r"CUDA driver version is insufficient for CUDA runtime version", r"NVIDIA driver on your system is too old",
+          r"\bError 804\b", r"forward compatibility was attempted on non supported HW",
+          r"unsupported display driver / cuda driver combination", r"unsatisfied condition: cuda>="],
+         "The NVIDIA driver is too old for the CUDA in the vLLM image (CUDA error 804 or 'insufficient driver'): "
+         "install a driver branch that supports it (nvidia_driver), or use an image built for an older CUDA.",
+         DOCS + "driver"),
+    _sig("cuda_driver_insufficient",
+         [r"Found no NVIDIA driver"],
+         "No NVIDIA driver is loaded where vLLM runs: on a host, install or load it (nvidia_driver); in a "
+         "container, the container got no GPU (its GPU request, DeviceRequests).", DOCS + "driver"),
+    _sig("no_gpu",
+         [r"Failed to infer device type", r"No CUDA GPUs are available", r"No platform detected",
+          r"Device string must not be empty"],
+         "vLLM found no usable GPU: check the container's GPU request (gpus, DeviceRequests), "
+         "CUDA_VISIBLE_DEVICES, and that this is a CUDA build of vLLM for this machine.", DOCS + "gpus"),
+    _sig("world_size_exceeds_gpus",
+         [r"World size \(\d+\) is larger than the number of available GPUs",
+          r"number of required GPUs exceeds the total number of available GPUs",
+          r"Cannot provide a placement group requiring", r"Tensor parallel size may exceed available GPUs"],
+         "tensor_parallel_size x pipeline_parallel_size asks for more GPUs than the instance sees: lower "
+         "tensor_parallel_size, or give the instance that many GPUs (gpus, gpu_count).",
+         DOCS + "world-size-exceeds-gpus"),
+    _sig("shm_too_small",
+         [r"Insufficient space in /dev/shm", r"creating shared memory segment /dev/shm",
+          r"unable to write to file </torch_" + _GAP + r"No space left on device"],
+         "/dev/shm is too small for vLLM's shared-memory queues (a container's default is 64 MiB): keep ipc_host "
+         "true (vllm_serve's default) or raise shm_size_mib.", DOCS + "shared-memory"),
+    _sig("gpu_memory_in_use",
+         [r"Free memory on device" + _GAP + r" is less than (?:the )?(?:desired GPU memory utilization|"
+          r"engine's budget)"],
+         "At start-up the GPU had less free memory than gpu_memory_utilization asks for: other processes hold "
+         "it (stale workers of this instance, which reset.yml removes, or another workload on the same GPU, "
+         "which needs moving or a lower gpu_memory_utilization).", RUNBOOKS + "reset.yml"),
+    _sig("kv_cache_too_small",
+         [r"No available memory for the cache blocks", r"Available KV cache memory: -\d"],
+         "The weights fit but no memory is left for the KV cache (vLLM's own check after profiling). " + _KV_FIX,
+         DOCS + "kv-cache-too-small"),
+    _sig("max_seq_len_exceeds_kv_cache",
+         [r"max seq len \(\d+\)" + _GAP + r"larger than the (?:maximum number of tokens that can be stored in KV "
+          r"cache|available KV cache memory)", r"estimated maximum model length is \d+",
+          r"max seq len is too large"],
+         "The KV cache cannot hold one request of max_model_len tokens: lower max_model_len (to the estimate vLLM "
+         "gives) or raise gpu_memory_utilization; lowering gpu_memory_utilization makes it worse.",
+         DOCS + "max-seq-len-exceeds-kv-cache"),
+    _sig("cuda_oom",
+         [r"CUDA out of memory", r"OutOfMemoryError", r"CUDA error: out of memory",
+          r"Failed to load model - not enough GPU memory", r"Cuda failure 'out of memory'",
+          r"CUBLAS_STATUS_ALLOC_FAILED"],
+         "The GPU ran out of memory (CUDA OOM). " + _OOM_FIX, RUNBOOKS + "oom_recover.yml"),
+    _sig("nccl_error",
+         [r"NCCL error", r"nccl(?:InternalError|SystemError|UnhandledCudaError|RemoteError|InvalidUsage)",
+          r"Watchdog caught collective operation timeout"],
+         "NCCL (communication between the GPUs) failed: check shared memory (ipc_host), the GPUs' interconnect "
+         "(NCCL_P2P_DISABLE=1 to test) and tensor_parallel_size; reset.yml clears GPUs left in a bad state.",
+         RUNBOOKS + "reset.yml"),
+    _sig("engine_dead",
+         [r"EngineDeadError", r"EngineCore encountered (?:a fatal error|an issue)", r"Engine core initialization "
+          r"failed", r"EngineCore failed to start", r"(?:Worker|Engine core) proc \S{1,80} died unexpectedly",
+          r"WorkerProc (?:initialization failed|failed to start)", r"AsyncLLM output_handler failed",
+          r"Engine loop has died"],
+         "The engine core died. This is the generic tail: the cause is the diagnosis listed before this one, or, "
+         "when none is, earlier in the log or in a worker's own output (diagnose.yml collects it). The server "
+         "cannot serve until restarted (reset.yml), once the cause is fixed.",
+         RUNBOOKS + "reset.yml"),
 )
 
-_PROGRESS = re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)% Completed \| (\d+)/(\d+)")
+# What makes a diagnosis redundant: a gated repository also ends in vLLM's "Invalid repository ID".
+SUPERSEDES = {"model_gated": ("model_not_found",)}
+
+# Numbers and names worth quoting in the message (the last line of the code that has them), so the fix can be
+# read off the diagnosis without opening the log.
+_DETAILS = {
+    "unrecognized_arguments": (re.compile(r": error: ([^\n]{1,300})"), "Refused: %s."),
+    "max_model_len_exceeds_model": (re.compile(
+        r"max_model_len \((\d+)\) is greater than the derived max_model_len \((?:[a-z_]{1,40}=)?(\d{1,12})"),
+        "It asks for %s; the model allows %s."),
+    "max_seq_len_exceeds_kv_cache": (re.compile(
+        r"(?:estimated maximum model length is|that can be stored in KV cache \()\s?(\d+)"),
+        "The KV cache holds about %s tokens."),
+    "world_size_exceeds_gpus": (re.compile(r"World size \((\d+)\) is larger than the number of available GPUs "
+                                           r"\((\d+)\)"), "It needs %s GPUs and sees %s."),
+    "unknown_quantization": (re.compile(r"Unknown quantization method: ([\w.-]{1,60})"), "Method: %s."),
+    "gpu_memory_in_use": (re.compile(r"Free memory on device[^(\n]{0,40}\(([\d.]{1,10})/([\d.]{1,10}) GiB\)"),
+                          "Free at start: %s of %s GiB."),
+    "shm_too_small": (re.compile(r"(\d+ [KMG]iB) required, (\d+ [KMG]iB) free"), "Needed %s, had %s."),
+}
+
+# Where a line's message starts: after a compose/CI prefix ("vllm-1  | "), the process tag ("(APIServer pid=1) ")
+# and vLLM's logger header ("INFO 11-30 23:18:47 [entry.py:140] "), or uvicorn's ("INFO:     ").
+_PREFIX = re.compile(
+    r"\s{0,8}(?:[\w.-]{0,64}\s{0,8}\|\s)?"
+    r"\s{0,8}(?:\([^()\n]{0,100}pid=\d+[^()\n]{0,100}\)\s{0,8})?"
+    r"(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) \d\d-\d\d [\d:.]{5,15} \[?[^\]\s]{1,120}\]\s?"
+    r"|(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):\s{1,10})?")
+
 _PHASES = (
-    ("serving", re.compile(r"Application startup complete|Uvicorn running on")),
-    ("profiling", re.compile(r"Available KV cache memory|GPU KV cache size|Memory profiling")),
-    ("loading", re.compile(r"Starting to load model|Loading safetensors checkpoint shards|Loading weights")),
-    ("initialising", re.compile(r"vLLM API server version|Automatically detected platform")),
+    ("initialising", re.compile(
+        # 0.32+ prints its banner as block-character art; with VLLM_DISABLE_LOG_LOGO=1 as "vLLM server version",
+        # and releases up to 0.5 or so as "vLLM API server version".
+        r"[\u2580-\u259f][\u2580-\u259f ]{0,80}version \S|vLLM (?:API )?server version "
+        r"|non-default args:|Resolved architecture:|Using max model len"
+        r"|Initializing an? (?:V1 )?LLM engine")),
+    ("loading", re.compile(
+        r"Starting to load model|Loading (?:safetensors|pt) checkpoint shards:|Loading (?:model )?weights took"
+        r"|Model loading took")),
+    ("profiling", re.compile(
+        r"Available KV cache memory:|(?:\w{1,8} )?KV cache size: [\d,]+ tokens|Memory profiling takes"
+        r"|# (?:GPU|CPU|cuda|cpu) blocks:|Dynamo bytecode transform time|torch\.compile take"
+        r"|Compiling a graph for|Directly load the compiled graph")),
+    ("warming_up", re.compile(
+        r"Warming up model|Capturing (?:CUDA graphs?|cudagraphs?)|Graph capturing finished"
+        r"|init engine \(profile, create kv cache, warmup model\) took")),
+    ("serving", re.compile(r"Starting vLLM (?:API )?server(?: \d+)? on |Application startup complete")),
 )
+PHASES = tuple(name for name, _pattern in _PHASES) + ("failed",)
+
+# Where a run of the server starts: what comes before belongs to an earlier run (a restarted container's tail).
+_RUN_START = re.compile(r"[\u2580-\u259f][\u2580-\u259f ]{0,80}version \S|vLLM (?:API )?server version "
+                        r"|non-default args:")
+
+_USER_DATA = ("Received request ", "Generated response ")
+
+_PROGRESS = re.compile(r"Loading (?:safetensors|pt) checkpoint shards:\s{0,8}(\d{1,3})% Completed \| (\d{1,6})/"
+                       r"(\d{1,6})")
+
+
+def _window(line):
+    """The part of a line worth searching: all of it, or its first and last few KiB."""
+    if not isinstance(line, str):
+        line = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
+    if len(line) > 2 * _EDGE:
+        return line[:_EDGE] + " [...] " + line[-_EDGE:]
+    return line
+
+
+def _message(text):
+    """The message of a log line, without its prefixes, leading blanks kept (tracebacks indent)."""
+    return text[_PREFIX.match(text).end():]
+
+
+def _is_source(message):
+    """A source line quoted in a traceback (`raise ValueError(`, a string literal), not the error itself."""
+    return message.startswith(("raise ", '"', "'", 'f"', "f'"))
+
+
+def _evidence(text, pattern, secrets):
+    """The evidence line, redacted, cut to EVIDENCE_MAX around the match."""
+    masked = redact(text.strip(), secrets)
+    if len(masked) <= EVIDENCE_MAX:
+        return masked
+    # Cut after masking: a slice of masked text cannot hold a secret the masked text does not.
+    match = pattern.search(masked)
+    start = max(0, (match.start() if match else 0) - 100)
+    return masked[start:start + EVIDENCE_MAX]
+
+
+def _detail(code, text):
+    """The groups of the code's detail pattern in `text`, or None."""
+    found = _DETAILS.get(code)
+    match = found[0].search(text) if found else None
+    return match.groups() if match else None
+
+
+def _run_start(lines):
+    """Index of the line where the last run of the server starts (0 when none shows)."""
+    start = 0
+    for index, line in enumerate(lines):
+        text = _window(line)
+        if _RUN_START.match(_message(text).lstrip()):
+            start = index
+    return start
 
 
 def scan(lines, secrets=()):
-    """Diagnoses from log lines (newest last): one per signature, with the last matching line as evidence."""
-    found = {}
-    for line in lines:
-        for code, pattern, message, runbook in SIGNATURES:
-            match = pattern.search(line)
-            if match:
-                text = message
-                if code == "unrecognized_arguments":
-                    text = "%s Refused: %s" % (message, redact(match.group(1).strip(), secrets))
-                found[code] = {"code": code, "message": text, "evidence": redact(line.strip(), secrets)[:500],
-                               "runbook": runbook}
-    return [found[code] for code, _pattern, _message, _runbook in SIGNATURES if code in found]
+    """Diagnoses from log lines (oldest first), root cause first: one per code, its best line as evidence."""
+    lines = list(lines)
+    hits = {}  # code -> [entry rank, line index, text, pattern, is_source]
+    details = {}  # code -> the groups of its detail pattern, from the last line that has them
+    for index, line in enumerate(lines):
+        text = _window(line)
+        said = None
+        for rank, (code, pattern, _message_text, _runbook) in enumerate(SIGNATURES):
+            if not pattern.search(text):
+                continue
+            if said is None:
+                said = _message(text).lstrip()
+                # A logged prompt or output (--enable-log-requests/-outputs) is what users wrote, not server state.
+                if said.startswith(_USER_DATA):
+                    break
+                source = _is_source(said)
+            details[code] = _detail(code, text) or details.get(code)
+            best = hits.get(code)
+            # The first entry of a code wins; among its lines the last, but an error line before a source line.
+            if best is None or rank < best[0] or (rank == best[0] and (best[4] or not source)):
+                hits[code] = [rank, index, text, pattern, source]
+    for code, superseded in SUPERSEDES.items():
+        if code in hits:
+            for other in superseded:
+                hits.pop(other, None)
+    current = _run_start(lines) if hits else 0
+    order = []
+    for code, (rank, index, text, pattern, _source) in hits.items():
+        order.append(((code in GENERIC, index < current, rank), code))
+    found = []
+    for _key, code in sorted(order):
+        rank, _index, text, pattern, _source = hits[code]
+        _code, _pattern, message, runbook = SIGNATURES[rank]
+        if details.get(code):
+            message += " " + _DETAILS[code][1] % tuple(g.strip()[:300] for g in details[code])
+        message = redact(message, secrets)
+        found.append({"code": code, "message": message[:EVIDENCE_MAX],
+                      "evidence": _evidence(text, pattern, secrets), "runbook": runbook})
+    return found
 
 
-def progress(lines):
-    """What the logs say about start-up: the phase reached and the last checkpoint-loading percentage."""
+def _phase(text):
+    message = _message(text).lstrip()
+    for name, pattern in _PHASES:
+        if pattern.match(message):
+            return name
+    return None
+
+
+def progress(lines, secrets=()):
+    """What the logs say about start-up: the phase reached and the last checkpoint-loading percentage.
+
+    None when the lines show nothing of it. Otherwise {"phase", "loading", "error"}: phase is one of PHASES,
+    "failed" when a failure signature follows the last phase line (error is then its root-cause code).
+    """
+    lines = list(lines)
     phase = None
+    last = -1
     loading = None
-    for line in lines:
-        match = _PROGRESS.search(line)
-        if match:
-            loading = {"percent": int(match.group(1)), "shards_loaded": int(match.group(2)),
-                       "shards_total": int(match.group(3)), "line": line.strip()}
-        for name, pattern in _PHASES:
-            if pattern.search(line):
-                phase = name
-                break
+    for index, line in enumerate(lines):
+        text = _window(line)
+        name = _phase(text)
+        if name is None:
+            continue
+        phase, last = name, index
+        if name == "loading":
+            for match in _PROGRESS.finditer(text):
+                loading = {"percent": int(match.group(1)), "shards_loaded": int(match.group(2)),
+                           "shards_total": int(match.group(3)),
+                           "line": redact(text.strip(), secrets)[:EVIDENCE_MAX]}
+    error = None
+    # The last phase line itself may be the failure ("Available KV cache memory: -2.14 GiB").
+    if scan(lines[max(last, 0):]):
+        phase = "failed"
+        error = scan(lines[_run_start(lines):])[0]["code"]
     if phase is None and loading is None:
         return None
-    return {"phase": phase, "loading": loading}
+    return {"phase": phase, "loading": loading, "error": error}
 
 
 def port_holder(port, proc="/proc"):

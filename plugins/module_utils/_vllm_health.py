@@ -255,21 +255,31 @@ class Probe(object):
         return self.report
 
     def _diagnose_logs(self, lines):
-        self.report["progress"] = _log_signatures.progress(lines)
+        self.report["progress"] = _log_signatures.progress(lines, self.config.secrets)
         known = set(d["code"] for d in self.diagnosis)
+        # A 503 from /health only says the engine died: a cause the logs name goes before it, since the first
+        # diagnosis is the one playbooks show.
+        generic = [i for i, d in enumerate(self.diagnosis) if d["code"] in _log_signatures.GENERIC]
+        at = generic[0] if generic else len(self.diagnosis)
+        specific = []
         for found in _log_signatures.scan(lines, self.config.secrets):
             if found["code"] == "address_in_use" and self.endpoint.host in LOOPBACK:
                 holder = _log_signatures.port_holder(self.endpoint.port)
                 if holder:
                     pid, command = holder
                     found["message"] += " Port %d is held by PID %d (%s)." % (self.endpoint.port, pid, command)
-            if found["code"] not in known:
+            if found["code"] in known:
+                continue
+            if found["code"] in _log_signatures.GENERIC:
                 self.diagnosis.append(found)
+            else:
+                specific.append(found)
         state = self.report["runtime"]
         if state and state.get("oom_killed"):
-            self.diagnosis.append(_diagnosis(
+            specific.append(_diagnosis(
                 "oom_killed", "The kernel's OOM killer stopped the container: host RAM, not GPU memory, ran out.",
                 "State.OOMKilled = true", _log_signatures.RUNBOOKS + "oom_recover.yml"))
+        self.diagnosis[at:at] = specific
 
     def _status(self, port_open, health_status):
         state = self.report["runtime"]
@@ -279,7 +289,8 @@ class Probe(object):
             if state and (not state["exists"] or not state["running"] or state["restarting"]):
                 return "down"
             progress = self.report["progress"]
-            if progress is not None and progress["phase"] != "serving":
+            # "failed": the logs show a fatal error after the last start-up line, so it is not starting any more.
+            if progress is not None and progress["phase"] not in ("serving", "failed"):
                 return "starting"
             # Something listens but does not answer HTTP, or a running server stopped listening.
             return "unhealthy" if port_open or state else "down"

@@ -1,61 +1,179 @@
-"""Signature matching, on log lines from the seeds' runbooks and from vLLM 0.33."""
+"""Signature matching and start-up phases, on lines real vLLM prints (0.32/0.33 and older releases)."""
 
+import json
+import os
+import re
 import socket
+import string
+import time
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _log_signatures as ls
+from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_health as vh
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import MASK, redact
 
-SEED_LINES = [
-    # seed 000
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+EC = "(EngineCore_DP0 pid=17374) ERROR 09-28 15:47:24 [core.py:718] "
+API = "(APIServer pid=1) INFO 11-30 23:18:47 [entry.py:140] "
+
+REAL_LINES = [
+    ("vllm: error: unrecognized arguments: --swap-space 4 --frobnicate", "unrecognized_arguments"),
+    ("api_server.py: error: unrecognized arguments: -u main.py", "unrecognized_arguments"),
+    ("vllm: error: argument --quantization/-q: invalid choice: 'gptqq' (choose from 'awq', 'fp8')",
+     "unrecognized_arguments"),
+    ("OSError: [Errno 98] Address already in use", "address_in_use"),
+    ("ERROR:    [Errno 98] error while attempting to bind on address ('0.0.0.0', 8080): address already in use",
+     "address_in_use"),
+    ("ValueError: Unknown quantization method: gptq. Must be one of ['awq', 'squeezellm'].", "unknown_quantization"),
+    ("huggingface_hub.errors.GatedRepoError: 401 Client Error. (Request ID: Root=1-66163835)", "model_gated"),
+    ("Cannot access gated repo for url https://huggingface.co/meta-llama/Llama-2-7b-hf/resolve/main/config.json.",
+     "model_gated"),
+    ("Access to model meta-llama/Llama-3.1-8B is restricted. You must have access to it and be authenticated.",
+     "model_gated"),
+    ("ValueError: Invalid repository ID or local directory specified: 'neuralmagic/Meta-Llama-3-8B-FP8'.",
+     "model_not_found"),
+    ("  Value error, Invalid repository ID or local directory specified: 'orkungedik/recruitment-docs-7b'.",
+     "model_not_found"),
+    ("OSError: Repo id must be in the form 'repo_name' or 'namespace/repo_name': '/tmp/does-not-exist'. Use "
+     "`repo_type` argument if needed.", "model_not_found"),
+    ("huggingface_hub.errors.RepositoryNotFoundError: 404 Client Error. (Request ID: Root=1-x)", "model_not_found"),
+    ("OSError: /models/x does not appear to have a file named config.json.", "model_not_found"),
+    ("requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: https://huggingface.co/api/models/x",
+     "model_not_found"),
+    ("ValueError: Couldn't instantiate the backend tokenizer from one of: ", "tokenizer_error"),
+    ("OSError: Can't load tokenizer for '/models/m'. If you were trying to load it from 'https://huggingface.co/"
+     "models', make sure you don't have a local directory with the same name.", "tokenizer_error"),
+    ("RuntimeError: Failed to load the tokenizer. If you are using a LLaMA-based model, use "
+     "'hf-internal-testing/llama-tokenizer' instead of the original tokenizer.", "tokenizer_error"),
+    ("  Value error, User-specified max_model_len (100000) is greater than the derived max_model_len "
+     "(max_position_embeddings=2048.0 or model_max_length=None in model's config.json).",
+     "max_model_len_exceeds_model"),
+    ("RuntimeError: Unexpected error from cudaGetDeviceCount(). Did you run some cuda functions before calling "
+     "NumCudaDevices() that might have already set an error? Error 804: forward compatibility was attempted on "
+     "non supported HW", "cuda_driver_insufficient"),
+    ("AssertionError: The NVIDIA driver on your system is too old (found version 11040). Please update your GPU "
+     "driver.", "cuda_driver_insufficient"),
+    ("RuntimeError: Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed "
+     "a driver from http://www.nvidia.com/Download/index.aspx", "cuda_driver_insufficient"),
+    ("RuntimeError: Failed to infer device type", "no_gpu"),
+    ("(APIServer pid=1) RuntimeError: Device string must not be empty", "no_gpu"),
+    ("docker: Error response from daemon: failed to create task for container: error running hook #0: "
+     "nvidia-container-cli: requirement error: unsatisfied condition: cuda>=12.8, please update your driver to a "
+     "newer version, or use an earlier cuda container: unknown.", "cuda_driver_insufficient"),
+    ("INFO 02-23 00:50:03 __init__.py:187] No platform detected, vLLM is running on UnspecifiedPlatform", "no_gpu"),
+    ("  Value error, World size (2) is larger than the number of available GPUs (1) in this node. If this is "
+     "intentional and you are using:", "world_size_exceeds_gpus"),
+    ("ValueError: The number of required GPUs exceeds the total number of available GPUs in the placement group.",
+     "world_size_exceeds_gpus"),
+    (EC + "RuntimeError: Insufficient space in /dev/shm for shared-memory allocation: 160 MiB required, 64 MiB "
+     "free. Increase /dev/shm (e.g. --shm-size or --ipc=host).", "shm_too_small"),
+    ("node:1:2 [0] NCCL WARN Error while creating shared memory segment /dev/shm/nccl-aXbY (size 9637888)",
+     "shm_too_small"),
+    (EC + "ValueError: Free memory on device (3.22/4.0 GiB) on startup is less than desired GPU memory "
+     "utilization (0.9, 3.6 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.",
+     "gpu_memory_in_use"),
+    (EC + "ValueError: Free memory on device cuda:0 (20.1/79.2 GiB) on startup is less than the engine's budget "
+     "after excluding external process's weights (71.3 GiB).", "gpu_memory_in_use"),
+    ("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when "
+     "initializing the engine.", "kv_cache_too_small"),
+    ("(EngineCore_0 pid=5839) INFO 08-20 18:04:22 [gpu_worker.py:276] Available KV cache memory: -2.14 GiB",
+     "kv_cache_too_small"),
+    ("ValueError: The model's max seq len (8192) is larger than the maximum number of tokens that can be stored in "
+     "KV cache (2400). Try increasing `gpu_memory_utilization` or decreasing `max_model_len`.",
+     "max_seq_len_exceeds_kv_cache"),
+    ("ValueError: To serve at least one request with the models's max seq len (131072), (16.00 GiB KV cache is "
+     "needed, which is larger than the available KV cache memory (0.71 GiB). Based on the available memory, the "
+     "estimated maximum model length is 5632.", "max_seq_len_exceeds_kv_cache"),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 50.00 MiB. GPU 0 has a total capacity of "
+     "23.56 GiB of which 21.75 MiB is free.", "cuda_oom"),
     ("RuntimeError: CUDA error: out of memory", "cuda_oom"),
+    ("ValueError: Failed to load model - not enough GPU memory. Try lowering --gpu-memory-utilization to free "
+     "memory for weights.", "cuda_oom"),
+    ("RuntimeError: NCCL error: unhandled cuda error (run with NCCL_DEBUG=INFO for details)", "nccl_error"),
+    ("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5, OpType=ALLREDUCE) ran for 600000 "
+     "milliseconds before timing out.", "nccl_error"),
+    ("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the "
+     "root cause.", "engine_dead"),
+    ("RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+     "engine_dead"),
+    ("ERROR 11-08 11:01:29 [multiproc_executor.py:135] Worker proc VllmWorker-3 died unexpectedly, shutting down "
+     "executor.", "engine_dead"),
+    ("(APIServer pid=1) ERROR 05-01 14:39:06 [async_llm.py:699] AsyncLLM output_handler failed.", "engine_dead"),
+    ("ERROR 12-01 23:08:02 [core_client.py:564] Engine core proc EngineCore_DP0 died unexpectedly, shutting down "
+     "client.", "engine_dead"),
+]
+
+# Texts the seeds' runbooks quote; still recognised.
+SEED_LINES = [
     ("OSError: [Errno 48] Address already in use", "address_in_use"),
     ("RuntimeError: CUDA initialization: CUDA driver version is insufficient for CUDA runtime version",
      "cuda_driver_insufficient"),
     ("HTTPError: 404 Client Error", "model_not_found"),
     ("OSError: Model not found", "model_not_found"),
-    # seed 001
-    ('ValueError: The model\'s max seq len is too large', "max_seq_len_exceeds_kv_cache"),
+    ("ValueError: The model's max seq len is too large", "max_seq_len_exceeds_kv_cache"),
     ("torch.cuda.OutOfMemoryError during loading", "cuda_oom"),
-    ("Worker crashed (remote process exited)", "engine_dead"),
-    # seed 004
-    ("TypeError: not a string", "tokenizer_missing"),
-    # vLLM 0.33 (and the lab emulator, which prints them)
-    ("(EngineCore_DP0 pid=1) ERROR 11-22 19:57:53 [core.py:708] ValueError: Free memory on device cuda:0 "
-     "(59.65/79.65 GiB) on startup is less than desired GPU memory utilization (0.9, 71.68 GiB). Decrease GPU "
-     "memory utilization or reduce GPU memory used by other processes.", "gpu_memory_in_use"),
-    ("ValueError: To serve at least one request with the models's max seq len (131072), (40.00 GiB KV cache is "
-     "needed, which is larger than the available KV cache memory (9.50 GiB). Based on the available memory, the "
-     "estimated maximum model length is 31104.", "max_seq_len_exceeds_kv_cache"),
-    ("huggingface_hub.errors.GatedRepoError: 401 Client Error. (Request ID: Root=1-lab)", "model_gated"),
-    ("NCCL error: unhandled system error, NCCL version 2.21.5", "nccl_error"),
-    ("vllm serve: error: unrecognized arguments: --speculative-model small", "unrecognized_arguments"),
-    ("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.", "engine_dead"),
+    ("TypeError: not a string", "tokenizer_error"),
     ("RuntimeError: No CUDA GPUs are available", "no_gpu"),
 ]
 
+# Lines of healthy servers (real ones) that look alarming and must diagnose nothing.
+HEALTHY_LINES = [
+    '(APIServer pid=1) INFO:     127.0.0.1:40000 - "GET /health HTTP/1.1" 200 OK',
+    "(APIServer pid=15892) WARNING 11-30 23:17:28 [system_utils.py:255] Found ulimit of 20000 and failed to "
+    "automatically increase with error current limit exceeds maximum limit. This can cause fd limit errors like "
+    "`OSError: [Errno 24] Too many open files`. Consider increasing with ulimit -n",
+    "(Worker pid=16102) WARNING 11-30 23:18:05 [utils.py:597] Failed to create oneDNN linear, fallback to torch "
+    "linear. Exception: could not create a primitive descriptor for the matmul primitive.",
+    "(EngineCore pid=102) INFO 05-21 06:32:41 [shm_broadcast.py:698] No available shared memory broadcast block "
+    "found in 60 seconds. This typically happens when some processes are hanging or doing some time-consuming work",
+    "(Worker_TP0 pid=99) INFO 05-07 20:28:11 [gpu_worker.py:475] CUDA graph memory profiling is enabled (default "
+    "since v0.21.0). The current --gpu-memory-utilization=0.8800 is equivalent to --gpu-memory-utilization=0.8592",
+    "(APIServer pid=15892) WARNING 11-30 23:18:53 [utils.py:648] [shutdown] Process manager: force killing "
+    "remaining processes count=1",
+    "(EngineCore pid=16027) INFO 11-30 23:18:42 [kv_cache_utils.py:2327] CPU KV cache size: 1,048,576 tokens, "
+    "Maximum concurrency for 2,048 tokens per request: 512.00x",
+    "(Worker_TP0 pid=99) INFO 05-07 20:28:11 [gpu_worker.py:460] Available KV cache memory: 9.84 GiB",
+    "UserWarning: resource_tracker: There appear to be 2 leaked shared_memory objects to clean up at shutdown",
+    # Logged prompts and outputs hold what users wrote.
+    "(APIServer pid=1) INFO 11-30 23:19:00 [logger.py:40] Received request chatcmpl-1: prompt: 'Why do I get "
+    "torch.OutOfMemoryError: CUDA out of memory and Address already in use?', params: SamplingParams(n=1)",
+    "(APIServer pid=1) INFO 11-30 23:19:01 [logger.py:60] Generated response chatcmpl-1: output: 'EngineDeadError "
+    "means the engine core died.', output_token_ids: None, finish_reason: stop",
+]
 
-@pytest.mark.parametrize("line, code", SEED_LINES)
+
+@pytest.mark.parametrize("line, code", REAL_LINES + SEED_LINES)
 def test_each_known_failure_is_recognised(line, code):
     assert [d["code"] for d in ls.scan([line])] == [code]
 
 
-def test_every_diagnosis_points_to_a_runbook():
-    for line, _code in SEED_LINES:
-        for found in ls.scan([line]):
-            assert found["runbook"].startswith(("playbooks/runbooks/", "docs/runbooks.md#"))
+def test_each_code_has_a_real_line_and_every_runbook_exists():
+    codes = [code for code, _pattern, _message, _runbook in ls.SIGNATURES]
+    assert set(codes) == set(code for _line, code in REAL_LINES)
+    with open(os.path.join(ROOT, "docs", "runbooks.md")) as handle:
+        anchors = set(re.sub(r"[^\w\- ]", "", line[3:].strip().lower()).replace(" ", "-")
+                      for line in handle if line.startswith("## "))
+    for code, _pattern, message, runbook in ls.SIGNATURES:
+        assert message and len(message) < ls.EVIDENCE_MAX
+        if runbook.startswith(ls.RUNBOOKS):
+            assert os.path.isfile(os.path.join(ROOT, runbook)), runbook
+        else:
+            assert runbook.startswith(ls.DOCS) and runbook[len(ls.DOCS):] in anchors, runbook
+    # The KV-cache verdicts must not send anyone to lower gpu_memory_utilization.
+    for code in ("kv_cache_too_small", "max_seq_len_exceeds_kv_cache"):
+        assert [r for c, _p, _m, r in ls.SIGNATURES if c == code] != [ls.RUNBOOKS + "oom_recover.yml"]
 
 
 def test_ordinary_lines_diagnose_nothing():
-    lines = ["(APIServer pid=1) INFO:     127.0.0.1:40000 - \"GET /health HTTP/1.1\" 200 OK",
-             "(APIServer pid=1) INFO 11-22 [api_server.py:1896] vLLM API server version 0.33.0"]
-    assert ls.scan(lines) == []
+    assert ls.scan(HEALTHY_LINES) == []
+    assert ls.progress(HEALTHY_LINES)["phase"] == "profiling"
 
 
 def test_refused_flags_are_named_and_evidence_is_redacted():
     lines = ["INFO non-default args: {'model': 'm', 'api_key': ['s3cret-key', 'other']}",
-             "vllm serve: error: unrecognized arguments: --guided-decoding-backend xgrammar --api-key s3cret-key"]
+             "vllm: error: unrecognized arguments: --guided-decoding-backend xgrammar --api-key s3cret-key"]
     found = ls.scan(lines, secrets=["s3cret-key"])
     assert found[0]["code"] == "unrecognized_arguments"
     assert "--guided-decoding-backend xgrammar" in found[0]["message"]
@@ -71,15 +189,207 @@ def test_redaction_masks_keys_in_reprs_flags_env_and_headers():
     assert "--port 8000" in masked
 
 
-def test_progress_and_phase():
-    lines = ["(APIServer pid=1) INFO [api_server.py:1896] vLLM API server version 0.33.0",
-             "(EngineCore_DP0 pid=1) INFO [gpu_model_runner.py:2602] Starting to load model m...",
-             "Loading safetensors checkpoint shards:  20% Completed | 1/5 [00:01<?, ?it/s]",
-             "Loading safetensors checkpoint shards:  40% Completed | 2/5 [00:02<?, ?it/s]"]
-    loading = {"percent": 40, "shards_loaded": 2, "shards_total": 5, "line": lines[-1]}
-    assert ls.progress(lines) == {"phase": "loading", "loading": loading}
-    assert ls.progress(lines + ["INFO:     Application startup complete."])["phase"] == "serving"
-    assert ls.progress(["nothing"]) is None
+# ---- root cause first ----
+
+def codes(lines):
+    return [d["code"] for d in ls.scan(lines)]
+
+
+def test_generic_tails_come_after_the_cause_wherever_they_are():
+    tail = "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+    cause = "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`."
+    assert codes([tail, cause]) == codes([cause, tail]) == ["kv_cache_too_small", "engine_dead"]
+
+
+@pytest.mark.parametrize("first, second", [
+    # Other processes hold the memory: the OOM is their consequence.
+    ("Free memory on device (3.2/4.0 GiB) on startup is less than desired GPU memory utilization (0.9, 3.6 GiB).",
+     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB."),
+    # vLLM's explicit verdict after profiling, not the raw OOM (whose fix, lowering utilization, makes it worse).
+    ("ValueError: No available memory for the cache blocks.", "RuntimeError: CUDA error: out of memory"),
+    # An old or absent driver also hides the GPUs.
+    ("RuntimeError: Unexpected error from cudaGetDeviceCount(). Error 804: forward compatibility was attempted on "
+     "non supported HW", "RuntimeError: Failed to infer device type"),
+    # A small /dev/shm also breaks NCCL.
+    ("RuntimeError: Insufficient space in /dev/shm for shared-memory allocation: 160 MiB required, 64 MiB free.",
+     "RuntimeError: NCCL error: unhandled system error"),
+    # A missing model also fails its tokenizer.
+    ("ValueError: Invalid repository ID or local directory specified: 'x'.", "OSError: Can't load tokenizer for 'x'"),
+])
+def test_the_cause_comes_before_its_consequence(first, second):
+    assert codes([second, first])[:2] == codes([first, second])[:2] == [codes([first])[0], codes([second])[0]]
+
+
+def test_a_gated_repo_is_not_also_reported_missing():
+    lines = ["huggingface_hub.errors.GatedRepoError: 401 Client Error.",
+             "Cannot access gated repo for url https://huggingface.co/meta-llama/Llama-2-7b-hf/resolve/main/x.json",
+             "ValueError: Invalid repository ID or local directory specified: 'meta-llama/Llama-2-7b-hf'."]
+    assert codes(lines) == ["model_gated"]
+
+
+def test_a_bare_401_is_not_proof_of_gating():
+    found = ls.scan(["requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: https://hf.co/x"])
+    assert [d["code"] for d in found] == ["model_not_found"] and "401" in found[0]["message"]
+
+
+def test_the_current_run_comes_before_an_earlier_one():
+    banner = "(APIServer pid=1) INFO 11-30 23:17:28 [api_utils.py:347]  \u2584\u2584 \u2584\u2588  version 0.33.0"
+    lines = [banner, "OSError: [Errno 98] Address already in use",
+             banner, "(APIServer pid=1) INFO 11-30 23:17:28 [api_utils.py:286] non-default args: {'model': 'm'}",
+             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."]
+    assert codes(lines) == ["cuda_oom", "address_in_use"]
+
+
+def test_evidence_is_the_error_line_not_the_source_line_and_details_are_quoted():
+    lines = [EC + '    raise ValueError("No available memory for the cache blocks. "',
+             EC + "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`.",
+             EC + '                     "Try increasing `gpu_memory_utilization` when "']
+    assert "ValueError: No available" in ls.scan(lines)[0]["evidence"]
+    found = {d["code"]: d for d in ls.scan([line for line, _code in REAL_LINES])}
+    assert "It asks for 100000; the model allows 2048." in found["max_model_len_exceeds_model"]["message"]
+    assert "It needs 2 GPUs and sees 1." in found["world_size_exceeds_gpus"]["message"]
+    assert "Needed 160 MiB, had 64 MiB." in found["shm_too_small"]["message"]
+    assert "Method: gptq." in found["unknown_quantization"]["message"]
+
+
+# ---- start-up phases ----
+
+HEALTHY = [
+    "(APIServer pid=1) INFO 11-30 23:17:28 [api_utils.py:347]  \u2584\u2584 \u2584\u2588 \u2588     \u2588     "
+    "\u2588 \u2580\u2584\u2580 \u2588  version 0.33.0",
+    "(APIServer pid=1) INFO 11-30 23:17:28 [api_utils.py:286] non-default args: {'model_tag': '/m', 'model': '/m'}",
+    "(APIServer pid=1) INFO 11-30 23:17:43 [model.py:733] Resolved architecture: LlamaForCausalLM",
+    "(EngineCore_DP0 pid=2) INFO 11-30 23:18:05 [gpu_model_runner.py:3341] Starting to load model /m...",
+    "Loading safetensors checkpoint shards:  20% Completed | 1/5 [00:01<?, ?it/s]",
+    "Loading safetensors checkpoint shards:  40% Completed | 2/5 [00:02<?, ?it/s]",
+    "(EngineCore_DP0 pid=2) INFO 11-24 11:43:54 [gpu_model_runner.py:3341] Model loading took 2.05 GiB memory and "
+    "27.2 seconds",
+    "(EngineCore_DP0 pid=2) INFO 11-24 11:44:17 [gpu_worker.py:348] Available KV cache memory: 33.31 GiB",
+    "(EngineCore_DP0 pid=2) INFO 11-24 11:44:18 [kv_cache_utils.py:1234] GPU KV cache size: 1,587,648 tokens",
+    "Capturing CUDA graphs (decode, FULL): 100%|\u2588\u2588\u2588\u2588\u2588| 35/35 [00:01<00:00, 33.86it/s]",
+    "(EngineCore_DP0 pid=2) INFO 11-30 23:18:46 [core.py:402] init engine (profile, create kv cache, warmup model) "
+    "took 39.93 s",
+    "(APIServer pid=1) INFO 11-30 23:18:47 [entry.py:140] Starting vLLM server on http://0.0.0.0:8000",
+    "(APIServer pid=1) INFO 11-30 23:18:47 [launcher.py:195] Route: /health, Methods: GET",
+    "INFO:     Application startup complete.",
+]
+EXPECTED_PHASES = ["initialising"] * 3 + ["loading"] * 4 + ["profiling"] * 2 + ["warming_up"] * 2 + ["serving"] * 3
+
+
+def test_phases_follow_a_real_start():
+    phases = [ls.progress(HEALTHY[:n + 1])["phase"] for n in range(len(HEALTHY))]
+    assert phases == EXPECTED_PHASES
+    loading = {"percent": 40, "shards_loaded": 2, "shards_total": 5, "line": HEALTHY[5]}
+    assert ls.progress(HEALTHY[:6]) == {"phase": "loading", "loading": loading, "error": None}
+    assert ls.progress(["nothing"]) is None and ls.progress([]) is None
+
+
+def test_a_phrase_inside_an_args_dump_or_a_prompt_does_not_move_the_phase():
+    lines = HEALTHY[:4] + [
+        "(APIServer pid=1) INFO 11-30 23:17:28 [api_utils.py:286] non-default args: {'served_model_name': "
+        "['Application startup complete'], 'chat_template': 'Starting vLLM server on http://x'}",
+        "(APIServer pid=1) INFO 11-30 23:19:00 [logger.py:40] Received request cmpl-1: prompt: 'Application "
+        "startup complete. Starting vLLM server on http://0.0.0.0:8000 Available KV cache memory: 1 GiB'",
+        "(EngineCore_DP0 pid=2) INFO 11-30 23:17:52 [core.py:133] Initializing a V1 LLM engine (v0.33.0) with "
+        "config: model='/m', compilation_config={'cudagraph_capture_sizes': [], 'Application startup complete': 1}",
+    ]
+    assert ls.progress(lines)["phase"] == "initialising"
+
+
+def test_a_failure_after_the_last_phase_line_is_failed_and_a_restart_clears_it():
+    failing = HEALTHY[:8] + [
+        "(EngineCore_0 pid=5839) INFO 08-20 18:04:22 [gpu_worker.py:276] Available KV cache memory: -2.14 GiB",
+        "(EngineCore_0 pid=5839) ERROR 08-20 18:04:22 [core.py:700] EngineCore failed to start."]
+    assert ls.progress(failing)["phase"] == "failed" and ls.progress(failing)["error"] == "kv_cache_too_small"
+    # The line that shows the failure is itself a phase line: still failed.
+    assert ls.progress(failing[:-1])["phase"] == "failed"
+    assert ls.progress(failing + HEALTHY[:2]) == {"phase": "initialising", "loading": ls.progress(failing)["loading"],
+                                                  "error": None}
+    assert ls.progress(["vllm: error: unrecognized arguments: --swap-space 4"])["phase"] == "failed"
+    after_serving = HEALTHY + ["(APIServer pid=1) ERROR 05-01 14:39:06 [async_llm.py:699] AsyncLLM output_handler "
+                               "failed."]
+    assert ls.progress(after_serving)["phase"] == "failed"
+
+
+# ---- vllm_health: the root cause before the 503's engine_dead; a failed start is not "starting" ----
+
+def test_a_cause_from_the_logs_comes_before_the_503():
+    probe = vh.Probe(vh.Config("http://127.0.0.1:1"))
+    probe.diagnosis.append({"code": "engine_dead", "message": "503", "evidence": "GET /health -> 503",
+                            "runbook": ls.RUNBOOKS + "reset.yml"})
+    probe._diagnose_logs(["ValueError: No available memory for the cache blocks.",
+                          "RuntimeError: Engine core initialization failed. See root cause above."])
+    assert [d["code"] for d in probe.diagnosis] == ["kv_cache_too_small", "engine_dead"]
+    assert probe.diagnosis[1]["evidence"] == "GET /health -> 503"
+
+
+def test_a_failed_start_is_not_reported_starting(tmp_path):
+    log = tmp_path / "vllm.log"
+    log.write_text("\n".join(HEALTHY[:3] + [
+        "(EngineCore pid=24) ERROR 11-30 23:28:28 [core.py:1510] RuntimeError: Insufficient space in /dev/shm for "
+        "shared-memory allocation: 160 MiB required, 64 MiB free.",
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"]) + "\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    report = vh.probe(vh.Config("http://127.0.0.1:%d" % port, log_file=str(log), timeout=2), with_gpus=False)
+    assert report["progress"]["phase"] == "failed" and report["status"] == "down"
+    assert [d["code"] for d in report["diagnosis"]] == ["shm_too_small", "engine_dead"]
+    log.write_text("\n".join(HEALTHY[:5]) + "\n")
+    report = vh.probe(vh.Config("http://127.0.0.1:%d" % port, log_file=str(log), timeout=2), with_gpus=False)
+    assert report["status"] == "starting" and report["progress"]["phase"] == "loading"
+
+
+# ---- hostile input ----
+
+def test_a_huge_line_is_scanned_quickly_and_evidence_stays_short():
+    prompt = "(APIServer pid=1) INFO 11-30 23:19:00 [logger.py:40] Received request cmpl-1: prompt: '%s'"
+    hostile = [
+        prompt % ("A" * 200000),
+        prompt % ("Free memory on device " * 10000),
+        prompt % ("max seq len (1) " * 12000),
+        prompt % (": error: " * 20000),
+        prompt % ("(" * 200000),
+        prompt % ("Worker proc " * 16000),
+        prompt % ("\u2588 " * 100000),
+        # A logged prompt before the error: the end of a long line is searched too.
+        "x" * 200000 + " torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
+    ]
+    for line in hostile:
+        started = time.monotonic()
+        found = ls.scan([line] * 3, secrets=["sk-abc"])
+        ls.progress([line] * 3)
+        assert time.monotonic() - started < 2.0
+        for diagnosis in found:
+            assert len(diagnosis["evidence"]) <= ls.EVIDENCE_MAX and len(diagnosis["message"]) <= ls.EVIDENCE_MAX
+    assert codes([hostile[-1]]) == ["cuda_oom"]
+
+
+FRAGMENTS = [line for line, _code in REAL_LINES] + HEALTHY + [
+    "vllm: error: unrecognized arguments: --api-key ", "User-specified max_model_len (", ") is greater than the "
+    "derived max_model_len (max_position_embeddings=", "World size (", "Unknown quantization method: ",
+    "Loading safetensors checkpoint shards: ", "% Completed | ", " required, ", " MiB free"]
+STATIC = json.dumps([[code, message, runbook] for code, _pattern, message, runbook in ls.SIGNATURES]
+                    + [ls.PHASES, [template for _pattern, template in ls._DETAILS.values()], " [...] "])
+SECRET = st.text(string.ascii_letters + string.digits, min_size=12, max_size=24)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_scan_and_progress_never_raise_and_never_leak_a_secret(data):
+    secrets = data.draw(st.lists(SECRET, min_size=1, max_size=3, unique=True))
+    assume(not any(secret in STATIC for secret in secrets))
+    piece = st.one_of(st.text(max_size=120), st.sampled_from(FRAGMENTS), st.sampled_from(secrets),
+                      st.integers(0, 10 ** 6).map(str))
+    lines = data.draw(st.lists(st.lists(piece, max_size=6).map("".join), max_size=20))
+    found = ls.scan(lines, secrets)
+    progress = ls.progress(lines, secrets)
+    assert [d["code"] for d in found] == list(dict.fromkeys(d["code"] for d in found))
+    if progress is not None:
+        assert progress["phase"] in ls.PHASES + (None,)
+    out = json.dumps([found, progress])
+    for secret in secrets:
+        assert secret not in out
 
 
 def test_port_holder_names_the_listening_process():
@@ -87,7 +397,6 @@ def test_port_holder_names_the_listening_process():
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     try:
-        import os
         pid, comm = ls.port_holder(listener.getsockname()[1])
         assert pid == os.getpid() and comm
     finally:
