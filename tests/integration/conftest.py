@@ -15,6 +15,8 @@ def _lab_hosts():
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "realvllm: tests on the real vLLM image; `make test` runs them in the realvllm "
+                            "stage")
     config.addinivalue_line("markers", "runbooks: runbook tests; `make test` runs them in the Molecule scenario "
                             "`runbooks`, not in the lab stage")
 
