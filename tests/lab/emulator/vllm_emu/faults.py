@@ -9,12 +9,14 @@ Sources, later ones winning:
 Faults:
   load_delay: seconds     model loading takes this long (progress lines in the log)
   hang: true              /health stays 200, inference never answers (vllm#17972)
-  engine_dead: true       /health 503, inference 500, then the server exits (watchdog)
-  oom: "startup"|"request"  crash with CUDA out of memory
+  engine_dead: true       /health 503, inference 500, then the server exits 0 within 5 s (vLLM's watchdog)
+  oom: "startup"|"request"  CUDA out of memory: the engine fails to start (exit 1), or dies on the next request
+                          (then as engine_dead)
   oom_above: {"gpu_memory_utilization": 0.8, "max_num_seqs": 128, "max_model_len": 8192}
                           crash with CUDA OOM at startup while a setting is above its limit
   address_in_use: true    fail to bind: "[Errno 98] Address already in use"
-  tokenizer_error: true   fail loading the tokenizer: "TypeError: not a string"
+  tokenizer_error: true   fail loading the tokenizer as images with sentencepiece do: "TypeError: not a string"
+                          (a local model without tokenizer files fails as the real CPU image does, without this)
   slow_ttft: seconds      delay before the first token
   queue: n                n requests waiting in the scheduler queue
   orphan_workers: true    GPU workers outlive the API server when it is killed

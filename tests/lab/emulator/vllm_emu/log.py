@@ -1,4 +1,6 @@
-"""Log lines in vLLM's format: `(APIServer pid=1) INFO 11-22 19:40:03 [api_server.py:1896] message`."""
+"""Log lines as vLLM writes them: its own lines on stdout as `(APIServer pid=1) INFO 11-22 19:40:03 [file.py:96]
+message`; uvicorn's lifecycle lines on stderr and its access lines on stdout, both as `INFO:     message`;
+tracebacks of a process that dies on stderr, unprefixed."""
 
 import os
 import sys
@@ -12,10 +14,13 @@ def set_role(role):
     _role = role
 
 
-def _emit(level, where, message):
+def _emit(level, where, message, stream=None):
     stamp = time.strftime("%m-%d %H:%M:%S")
-    sys.stdout.write("(%s pid=%d) %s %s [%s] %s\n" % (_role, os.getpid(), level, stamp, where, message))
-    sys.stdout.flush()
+    prefix = "(%s pid=%d) %s %s [%s] " % (_role, os.getpid(), level, stamp, where)
+    out = stream or sys.stdout
+    # A multi-line message gets the prefix on every line, as vLLM's formatter does.
+    out.write("".join(prefix + line + "\n" for line in message.split("\n")))
+    out.flush()
 
 
 def info(where, message):
@@ -30,30 +35,37 @@ def error(where, message):
     _emit("ERROR", where, message)
 
 
-def raw(line):
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def raw(line, stream=None):
+    out = stream or sys.stdout
+    out.write(line + "\n")
+    out.flush()
 
 
-def uvicorn(message):
-    """Uvicorn's own lines carry no vLLM prefix beyond the process tag."""
-    sys.stdout.write("(%s pid=%d) INFO:     %s\n" % (_role, os.getpid(), message))
-    sys.stdout.flush()
+def uvicorn(message, level="INFO"):
+    """Uvicorn's own lines (Started server process, Application startup complete...) go to stderr."""
+    raw("%-9s %s" % (level + ":", message), sys.stderr)
 
 
 def access(message):
-    uvicorn(message)
+    raw("INFO:     " + message)
 
 
-def crash_oom():
-    """A CUDA OOM while serving kills the engine and, with it, the server."""
-    from .engine import oom_traceback, GIB
+def traceback(lines):
+    """A Python traceback that ends the process, on stderr as the interpreter prints it."""
+    raw("Traceback (most recent call last):", sys.stderr)
+    for line in lines:
+        raw(line, sys.stderr)
 
-    set_role("EngineCore_DP0")
-    for line in oom_traceback(0, 2.0 * GIB, 79.19 * GIB, 0.31 * GIB):
-        error("core.py:710", line)
-    set_role("APIServer")
-    error("async_llm.py:480", "AsyncLLM output_handler failed.")
-    raw("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) "
-        "for the root cause.")
-    os._exit(1)
+
+def banner(version, model):
+    """vLLM's start-up banner: the logo with version and model, or one line with VLLM_DISABLE_LOG_LOGO=1."""
+    if os.environ.get("VLLM_DISABLE_LOG_LOGO", "0") not in ("", "0"):
+        info("startup.py:27", "vLLM server version %s, serving model %s" % (version, model))
+        return
+    info("startup.py:27", "\n".join([
+        "",
+        "       \u2588     \u2588     \u2588\u2584   \u2584\u2588",
+        " \u2584\u2584 \u2584\u2588 \u2588     \u2588     \u2588 \u2580\u2584\u2580 \u2588  version %s" % version,
+        "  \u2588\u2584\u2588\u2580 \u2588     \u2588     \u2588     \u2588  model   %s" % model,
+        "   \u2580\u2580  \u2580\u2580\u2580\u2580\u2580 \u2580\u2580\u2580\u2580\u2580 \u2580     \u2580",
+        ""]))

