@@ -108,7 +108,8 @@ def role_start_to_healthy(host):
         raise SystemExit("the role failed (rc %d):\n%s" % (proc.returncode, proc.stdout[-3000:]))
     began = subprocess.run(["docker", "exec", host, "docker", "inspect", "-f", "{{.State.StartedAt}}",
                             "vllm-bench-real"], capture_output=True, text=True, check=True).stdout.strip()
-    subprocess.run(["docker", "exec", host, "docker", "rm", "-f", "vllm-bench-real"], capture_output=True)
+    subprocess.run(["docker", "exec", host, "docker", "rm", "-f", "vllm-bench-real"], capture_output=True,
+                   check=False)
     container_start = datetime.datetime.fromisoformat(began[:26].rstrip("Z") + "+00:00").timestamp()
     return ended - container_start, wall
 
@@ -139,14 +140,14 @@ def main(argv):
     rows.append(("docker run to first /health 200 (--enforce-eager)", data["serving_s"], "s"))
     rows.append(("vllm_health readiness detection (first 200 to wait_for returning, poll 0.5 s)",
                  data["detection_ms"], "ms"))
-    to_healthy, walls = zip(*[role_start_to_healthy(args.host) for _ in range(args.runs)])
+    to_healthy, walls = zip(*[role_start_to_healthy(args.host) for _run in range(args.runs)])
     rows.append(("vllm role: container start to the end of its health gate", list(to_healthy), "s"))
     rows.append(("vllm role: whole playbook (1 instance, fresh)", list(walls), "s"))
     print("| measure | unit | median | min | max | runs |")
     print("| --- | --- | --- | --- | --- | --- |")
     for label, values, unit in rows:
-        print("| %s | %s | %.1f | %.1f | %.1f | %d |" % (label, unit, statistics.median(values), min(values),
-                                                      max(values), len(values)))
+        row = (label, unit, statistics.median(values), min(values), max(values), len(values))
+        print("| %s | %s | %.1f | %.1f | %.1f | %d |" % row)
     return 0
 
 

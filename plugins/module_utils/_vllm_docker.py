@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import time
 import traceback
 
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import LABEL_PREFIX
@@ -24,6 +25,10 @@ else:
     DOCKER_IMPORT_ERROR = None
 
 NANOSECONDS = 1000 * 1000 * 1000
+# After its stop timeout Docker kills the container and waits only a few seconds for it to go; a process of many
+# GB on a loaded host can take longer to die, and Docker then answers 500 ("did not receive an exit event") although
+# the container exits moments later.
+KILLED_EXIT_WAIT = 60
 
 
 class DockerBackendError(Exception):
@@ -105,11 +110,23 @@ class DockerInstance(object):
     def start(self, container):
         _call("starting %s" % self.spec.container_name, container.start)
 
-    def stop(self, container, timeout):
-        _call("stopping %s" % self.spec.container_name, container.stop, timeout=timeout)
+    def stop(self, container, timeout, clock=time.monotonic, sleep=time.sleep):
+        what = "stopping %s" % self.spec.container_name
+        try:
+            container.stop(timeout=timeout)
+        except (APIError, DockerException) as exc:
+            deadline = clock() + KILLED_EXIT_WAIT
+            while clock() < deadline:
+                sleep(1)
+                _call("reading %s" % self.spec.container_name, container.reload)
+                if not self.is_running(container):
+                    return
+            raise DockerBackendError("Docker API, %s: %s; it was still running %d s later" % (
+                what, exc, KILLED_EXIT_WAIT))
 
     def restart(self, container, timeout):
-        _call("restarting %s" % self.spec.container_name, container.restart, timeout=timeout)
+        self.stop(container, timeout)
+        self.start(container)
 
     def remove(self, container, timeout):
         if self.is_running(container):

@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import math
 import re
 
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_flag_catalog import RELEASES
@@ -160,7 +161,7 @@ def _value_problem(kind, value):
         return "takes a value, not %s" % str(value).lower()
     if isinstance(value, (list, tuple)) and kind not in ("values",):
         return "takes one value, not a list"
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and math.isnan(value):
         return "cannot be NaN"
     return None
 

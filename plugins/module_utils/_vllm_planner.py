@@ -95,9 +95,9 @@ def plan(gpus, gpu_memory_utilization, tensor_parallel_size, pipeline_parallel_s
                 "start (other processes hold %.1f GiB): free the GPU, pick another (gpu_select), or lower "
                 "gpu_memory_utilization" % numbers)
         elif per_gpu + reserve > budget:
+            numbers = (gpu["index"], per_gpu / GIB, RESERVE_GIB, budget / GIB, total / GIB, gpu_memory_utilization)
             problems.append("GPU %s: %.1f GiB of weights per GPU + %.1f GiB reserve > vLLM's budget of %.1f GiB "
-                            "(%.1f GiB total x %s)" % (gpu["index"], per_gpu / GIB, RESERVE_GIB, budget / GIB,
-                                                        total / GIB, gpu_memory_utilization))
+                            "(%.1f GiB total x %s)" % numbers)
     if problems:
         smallest = None
         tightest = min(g["memory_total_mib"] * MIB for g in gpus) * gpu_memory_utilization

@@ -322,6 +322,9 @@ from ansible_collections.inferops.vllm.plugins.module_utils import (
 )
 
 VERSION_CODE = "import importlib.metadata as m; print(m.version('vllm'))"
+# In an image, vLLM may live in the system Python or in a virtualenv: ask the Python of the `vllm` command first.
+VERSION_IN_IMAGE = ('code="$0"; for py in "$(sed -n "1s/^#!//p" "$(command -v vllm)" 2>/dev/null)" python3; do '
+                    '[ -n "$py" ] && $py -c "$code" 2>/dev/null && exit 0; done; exit 1')
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import LABEL_PREFIX
 
 
@@ -356,8 +359,8 @@ class VllmServe(object):
             tagged = _vllm_flags.release_from_image(p["image"])
             if tagged:
                 return _vllm_flags.Release(tagged, "the tag of %s" % p["image"])
-            argv = ["docker", "run", "--rm", "--network", "none", "--pull", "never", "--entrypoint", "python3",
-                    p["image"], "-c", VERSION_CODE]
+            argv = ["docker", "run", "--rm", "--network", "none", "--pull", "never", "--entrypoint", "/bin/sh",
+                    p["image"], "-c", VERSION_IN_IMAGE, VERSION_CODE]
             source = "the vLLM in %s" % p["image"]
         try:
             rc, out, _err = _command.run(argv, timeout=60)

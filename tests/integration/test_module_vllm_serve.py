@@ -30,9 +30,10 @@ def instance(gpu_state):
 
 @pytest.mark.parametrize("args, message", [
     ({"extra_args": {"speculative-model": "small"}},
-     "extra_args: --speculative-model was removed from vLLM in 0.10; use --speculative-config"),
+     "extra_args: vLLM 0.33.0 has no --speculative-model (vLLM removed it); use --speculative-config"),
     ({"extra_args": {"guided-decoding-backend": "xgrammar"}}, "use --structured-outputs-config"),
-    ({"extra_args": {"no-such-flag": 1}}, "--no-such-flag is not a flag of vLLM 0.33"),
+    ({"extra_args": {"no-such-flag": 1}}, "--no-such-flag is not a flag of vLLM 0.33.0's `vllm serve`"),
+    ({"extra_args": {"swap-space": 4}}, "vLLM 0.33.0 has no --swap-space"),
     ({"gpus": ["1", "2"], "tensor_parallel_size": 4}, "tensor_parallel_size (4) x pipeline_parallel_size (1) = 4, "
                                                       "but 2 GPU(s) are given"),
     ({"model": "meta-llama/Llama-3.3-70B-Instruct", "model_params": "70.6B", "gpu_memory_utilization": 0.9},

@@ -80,7 +80,7 @@ def real(lab_hosts, tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-4000:]
     print("real vLLM: 2 instances deployed by the role, health-gated, in %.1f s" % proc.elapsed)
     context = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
-    yield {"host": host, "inventory": str(inventory), "tmp": tmp, "context": context, "deploy": proc}
+    yield {"host": host, "inventory": str(inventory), "tmp": tmp, "context": context, "deploy": proc, "ca": ca}
     for name in PORTS:
         host.run("docker", "rm", "-f", "vllm-" + name, check=False)
 
@@ -141,6 +141,35 @@ def test_three_certificate_rotations_in_a_row_reach_the_wire_without_a_restart(r
     assert logs.count("Reloading SSL certificate") >= 3, logs[-3000:]
 
 
+def test_a_swap_by_rename_is_followed_once_then_never(real):
+    """Why rotate_certs.yml writes in place: vLLM's refresh watches the files' inodes, so after a pair is swapped in
+    by rename (the atomic way) it sees that change and no later one. If a vLLM release fixes this, this test says
+    so, and the runbook may go back to renames."""
+    host = real["host"]
+
+    def swap_by_rename():
+        issued = real["ca"].issue_cert("127.0.0.1", host.name, host.ip)
+        for name, blob in (("server.key", issued.private_key_pem.bytes()),
+                           ("server.crt", issued.cert_chain_pems[0].bytes())):
+            host.write("/etc/vllm/tls/%s.new" % name, blob.decode())
+            host.run("mv", "/etc/vllm/tls/%s.new" % name, "/etc/vllm/tls/" + name)
+        return ssl.PEM_cert_to_DER_cert(issued.cert_chain_pems[0].bytes().decode())
+
+    def served_within(der, seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if served_der(real, PORTS["tiny-a"]) == der:
+                return True
+            time.sleep(0.5)
+        return False
+
+    first = swap_by_rename()
+    assert served_within(first, 20)
+    second = swap_by_rename()
+    assert not served_within(second, 10)
+    assert served_der(real, PORTS["tiny-a"]) == first
+
+
 def test_api_key_rotation_without_a_failed_request(real):
     host, tmp = real["host"], real["tmp"]
     key_file = tmp / "new-key"
@@ -187,3 +216,19 @@ def test_api_key_rotation_without_a_failed_request(real):
     for port in ports:
         assert completion(real, port, KEY) == 401
         assert completion(real, port, new_key) == 200
+
+
+def test_vllm_serve_asks_the_image_which_vllm_it_holds_when_the_tag_does_not_say(real):
+    host = real["host"]
+    host.run("docker", "tag", real_image(), "inferops/vllm-cpu:lab")
+    args = {"name": "probe", "image": "inferops/vllm-cpu:lab", "pull": "never", "model": MODEL_DIR,
+            "model_path_map": {"/srv/models": "/models"}, "gpus": ["7"], "port": 8019, "check_gpus": False,
+            "extra_args": {"enable-log-requests": True}}
+    result = run_module(host.name, "inferops.vllm.vllm_serve", args, check=True)
+    assert not result.failed, result
+    assert result["flag_catalog"] == {"vllm_version": "0.32.0", "source": "the vLLM in inferops/vllm-cpu:lab",
+                                      "catalog": "0.32.0"}
+    # 0.33 took --disable-log-requests back (as the negation of --enable-log-requests); 0.32 has no such flag.
+    refused = run_module(host.name, "inferops.vllm.vllm_serve", dict(args, extra_args={"disable-log-requests": True}),
+                         check=True)
+    assert refused.failed and "vLLM 0.32.0 has no --disable-log-requests" in refused["msg"]
