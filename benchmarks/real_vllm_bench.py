@@ -94,7 +94,8 @@ def role_start_to_healthy(host):
                 "port": 8292, "gpu_memory_utilization": 0.3, "enforce_eager": True}
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
         json.dump({"all": {"hosts": {host: {"vllm_image": image, "vllm_image_pull": "never", "vllm_api_keys": [],
-                                            "vllm_instances": [instance], "vllm_wait_step": 5}}}}, handle)
+                                            "vllm_instances": [instance], "vllm_wait_step": 5,
+                                            "vllm_wait_start_period": 300}}}}, handle)
     env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOAD_CALLBACK_PLUGINS="0")
     started = time.monotonic()
     proc = subprocess.run(["ansible-playbook", os.path.join(ROOT, "tests", "integration", "playbooks",

@@ -25,10 +25,10 @@ else:
     DOCKER_IMPORT_ERROR = None
 
 NANOSECONDS = 1000 * 1000 * 1000
-# After its stop timeout Docker kills the container and waits only a few seconds for it to go; a process of many
-# GB on a loaded host can take longer to die, and Docker then answers 500 ("did not receive an exit event") although
-# the container exits moments later.
-KILLED_EXIT_WAIT = 60
+# After its stop timeout Docker kills the container and waits only about 15 s for it to go. A vLLM process can take
+# longer to die (GPU contexts to tear down; on a loaded 2-core lab host a killed CPU worker took 100 s to unmap its
+# memory), and Docker then answers 500 ("did not receive an exit event") although the container exits later.
+KILLED_EXIT_WAIT = 180
 
 
 class DockerBackendError(Exception):

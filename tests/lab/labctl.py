@@ -18,6 +18,8 @@ debootstrapped from Debian's archive, the others are built locally on top of it.
 
 import argparse
 import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -194,10 +196,10 @@ def build_real(t):
 
 def ensure_real_image():
     t = real_tags()
-    if not image_exists(t["base"]):
-        build_base(t["base"])
-    if image_label(t["real"], "inferops.recipe") != t["real-recipe"]:
-        build_real(t)
+    ensure_base(t["base"])
+    with build_lock("real"):
+        if image_label(t["real"], "inferops.recipe") != t["real-recipe"]:
+            build_real(t)
     return t
 
 
@@ -279,14 +281,31 @@ def image_label(tag, label):
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+@contextlib.contextmanager
+def build_lock(image):
+    """One build of an image at a time, across labctl processes (make test builds the real-vLLM image in the
+    background while other stages start the lab)."""
+    os.makedirs(BUILD, exist_ok=True)
+    with open(os.path.join(BUILD, "build-%s.lock" % image), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_base(tag):
+    with build_lock("base"):
+        if not image_exists(tag):
+            build_base(tag)
+
+
 def ensure_images():
     t = tags()
-    if not image_exists(t["base"]):
-        build_base(t["base"])
-    if not image_exists(t["host"]):
-        build_host(t["host"], t["base"])
-    if image_label(t["emulator"], "inferops.recipe") != t["emulator-recipe"]:
-        build_emulator(t["emulator"], t["base"], t["emulator-recipe"])
+    ensure_base(t["base"])
+    with build_lock("host"):
+        if not image_exists(t["host"]):
+            build_host(t["host"], t["base"])
+    with build_lock("emulator"):
+        if image_label(t["emulator"], "inferops.recipe") != t["emulator-recipe"]:
+            build_emulator(t["emulator"], t["base"], t["emulator-recipe"])
     # Stable names for what does not know the recipe hash: Molecule scenarios, and the stand-in for
     # nvidia/cuda that GPU-visibility checks run.
     run(["docker", "tag", t["base"], BASE_CURRENT])

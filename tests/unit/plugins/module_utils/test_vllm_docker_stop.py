@@ -50,5 +50,5 @@ def test_a_container_that_exits_after_dockers_own_deadline_counts_as_stopped():
 def test_a_container_that_never_exits_is_an_error_naming_it_and_what_docker_said():
     clock, sleep = fake_time()
     with pytest.raises(_vllm_docker.DockerBackendError, match="stopping vllm-big: .*did not receive an exit event.*"
-                                                              "still running 60 s later"):
+                                                              "still running 180 s later"):
         instance().stop(SlowToDie(exits_after=10 ** 6), 30, clock=clock, sleep=sleep)
