@@ -12,7 +12,8 @@ returns one diagnosis per code, ordered by:
 
 1. specific before generic: engine_dead (the engine died, cause unknown) only ever comes after a specific code;
 2. the current run before earlier ones: lines before the last start banner (a restarted server's tail) belong to
-   a run that is over, so what they show ranks after what the current run shows;
+   a run that is over, so what they show ranks after what the current run shows, and once the current run serves
+   they are not reported at all;
 3. then the fixed order of SIGNATURES, which follows how a start-up proceeds and what causes what: the command
    line (unrecognized_arguments), the port (address_in_use), the model's identity and files (unknown_quantization,
    model_gated before model_not_found since a gated repo also ends in vLLM's "Invalid repository ID", then
@@ -315,6 +316,10 @@ def scan(lines, secrets=()):
             for other in superseded:
                 hits.pop(other, None)
     current = _run_start(lines) if hits else 0
+    if current and any(_phase(_window(line)) == "serving" for line in lines[current:]):
+        # The server was restarted and serves again: what an earlier run ended with (a planned stop logs
+        # EngineDeadError too) is history, not a diagnosis of this one.
+        hits = dict((code, hit) for code, hit in hits.items() if hit[1] >= current)
     order = []
     for code, (rank, index, text, pattern, _source) in hits.items():
         order.append(((code in GENERIC, index < current, rank), code))

@@ -240,6 +240,18 @@ def test_the_current_run_comes_before_an_earlier_one():
     assert codes(lines) == ["cuda_oom", "address_in_use"]
 
 
+def test_once_the_current_run_serves_an_earlier_runs_end_is_no_diagnosis():
+    banner = "(APIServer pid=1) INFO 11-30 23:17:28 [api_utils.py:347]  \u2584\u2584 \u2584\u2588  version 0.32.0"
+    # A restart under traffic: the old run's requests die with the engine (real vLLM logs this on SIGTERM).
+    ended = [banner, "(APIServer pid=1) ERROR 12-01 01:00:59 [async_llm.py:906] AsyncLLM output_handler failed.",
+             "(APIServer pid=1) ERROR 12-01 01:00:59 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: "
+             "EngineCore encountered an issue. See stack trace (above) for the root cause."]
+    restarted = [banner, "(APIServer pid=1) INFO 12-01 01:01:40 [entry.py:140] Starting vLLM server on "
+                         "http://0.0.0.0:8000"]
+    assert codes(ended + restarted[:1]) == ["engine_dead"]
+    assert codes(ended + restarted) == []
+
+
 def test_evidence_is_the_error_line_not_the_source_line_and_details_are_quoted():
     lines = [EC + '    raise ValueError("No available memory for the cache blocks. "',
              EC + "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`.",
