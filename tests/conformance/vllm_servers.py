@@ -117,8 +117,9 @@ class RealBackend:
 
     def start(self, args, port=None, network=None, gpu=None):
         name = "conformance-real-%s" % uuid.uuid4().hex[:8]
-        cmd = ["run", "-d", "--name", name, "--ipc=host", "-v", "%s:/conf:ro" % self.files.conf,
-               "-v", "%s:%s:ro" % (self.files.no_tokenizer, NO_TOKENIZER)]
+        # Unpinned: vLLM's CPU build pins every server's worker to core 0, where several servers starve each other.
+        cmd = ["run", "-d", "--name", name, "--ipc=host", "-e", "VLLM_CPU_OMP_THREADS_BIND=nobind",
+               "-v", "%s:/conf:ro" % self.files.conf, "-v", "%s:%s:ro" % (self.files.no_tokenizer, NO_TOKENIZER)]
         if network:
             cmd += ["--network", "container:" + network]
         elif port:
