@@ -90,13 +90,21 @@ class Spec(object):
             raise SpecError("model: %s has no tokenizer files (tokenizer.json or tokenizer.model): vLLM would fail "
                             "with \"TypeError: not a string\". Copy them from the original model (seed 004)" % model)
 
+    def model_argument(self):
+        """The model as vLLM is given it: a local path as the process sees it."""
+        return self._inside(self.p["model"]) if self.model_is_local() else self.p["model"]
+
+    def served_model(self):
+        """The model id vLLM announces in /v1/models and expects in requests: served_model_name, else the model
+        argument, which for a mapped local model is the path inside the container, not the host's."""
+        return self.p["served_model_name"] or self.model_argument()
+
     # ---- the command line ----
 
     def serve_args(self):
         """vLLM's arguments after `vllm serve` (the container command): model first, no secrets."""
         p = self.p
-        model = self._inside(p["model"]) if self.model_is_local() else p["model"]
-        argv = [model]
+        argv = [self.model_argument()]
         if p["served_model_name"]:
             argv += _flag("served-model-name", p["served_model_name"])
         argv += _flag("host", p["host"]) + _flag("port", p["port"])

@@ -302,6 +302,13 @@ config_hash:
   description: Hash of the desired configuration (salted for the secrets).
   returned: unless absent
   type: str
+served_model:
+  description: The model id the server announces in C(/v1/models) and expects in requests, for health checks and
+    clients. It is O(served_model_name) when set, else the model as vLLM is given it, which for a local model
+    mapped by O(model_path_map) is the path inside the container.
+  returned: unless absent
+  type: str
+  sample: /models/Llama-3.1-8B-Instruct
 flag_catalog:
   description: The vLLM release the instance runs, where that was read from, and the catalog its flags were checked
     against.
@@ -379,6 +386,7 @@ class VllmServe(object):
             self.module.warn(release.warning)
         self.result["flag_catalog"] = {"vllm_version": release.version, "source": release.source,
                                        "catalog": release.catalog_version}
+        self.result["served_model"] = self.spec.served_model()
         try:
             for warning in _vllm_flags.check_extra_args(p["extra_args"], release,
                                                         strict=p["flag_check"] == "strict"):

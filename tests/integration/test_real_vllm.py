@@ -23,6 +23,9 @@ pytestmark = pytest.mark.realvllm
 
 KEY = "real-lab-key-not-a-secret"
 PORTS = {"tiny-a": 8011, "tiny-b": 8012}
+# tiny-b has no served_model_name: vLLM then announces the model by its path in the container, and the role's
+# health gate must ask for that id, not the host's path.
+SERVED = {8011: "tiny", 8012: "/models/tiny"}
 MODEL_DIR = "/srv/models/tiny"
 RUNBOOKS = os.path.join(ROOT, "playbooks", "runbooks")
 LABCTL = os.path.join(ROOT, "tests", "lab", "labctl.py")
@@ -74,9 +77,10 @@ def real(lab_hosts, tmp_path_factory):
     # served in the last second spins on its core; two instances on these 2 cores then starved each other's
     # restarts (a new worker waited minutes for core 0). Unpinned, the kernel spreads them.
     instances = [{"name": name, "model": MODEL_DIR, "model_path_map": {"/srv/models": "/models"},
-                  "served_model_name": "tiny", "port": port, "gpu_memory_utilization": 0.3, "enforce_eager": True,
+                  "port": port, "gpu_memory_utilization": 0.3, "enforce_eager": True,
                   "extra_args": {"shutdown-timeout": 10}, "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}}
                  for name, port in sorted(PORTS.items())]
+    instances[0]["served_model_name"] = SERVED[PORTS["tiny-a"]]
     host_vars = {"vllm_image": image, "vllm_image_pull": "never", "vllm_api_keys": [KEY], "vllm_instances": instances,
                  "vllm_tls_cert_src": str(tmp / "first.crt"), "vllm_tls_key_src": str(tmp / "first.key"),
                  "vllm_tls_ca_src": str(tmp / "ca.crt"), "vllm_wait_step": 5, "vllm_wait_start_period": 300}
@@ -95,7 +99,7 @@ def real(lab_hosts, tmp_path_factory):
 def completion(real, port, key, timeout=10):
     request = urllib.request.Request(
         "https://%s:%d/v1/completions" % (real["host"].ip, port), method="POST",
-        data=json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 1}).encode(),
+        data=json.dumps({"model": SERVED[port], "prompt": "hi", "max_tokens": 1}).encode(),
         headers={"Content-Type": "application/json", "Authorization": "Bearer %s" % key})
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=real["context"]) as response:
@@ -235,6 +239,7 @@ def test_vllm_serve_asks_the_image_which_vllm_it_holds_when_the_tag_does_not_say
     assert not result.failed, result
     assert result["flag_catalog"] == {"vllm_version": "0.32.0", "source": "the vLLM in inferops/vllm-cpu:lab",
                                       "catalog": "0.32.0"}
+    assert result["served_model"] == "/models/tiny"
     # 0.33 took --disable-log-requests back (as the negation of --enable-log-requests); 0.32 has no such flag.
     refused = run_module(host.name, "inferops.vllm.vllm_serve", dict(args, extra_args={"disable-log-requests": True}),
                          check=True)

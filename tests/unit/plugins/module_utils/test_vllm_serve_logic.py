@@ -67,6 +67,15 @@ def test_model_path_map_uses_the_longest_prefix():
     assert ("/ceph/models/llama/70b", "/models/llama/70b", "ro") in spec.container_mounts()
 
 
+def test_the_served_model_is_the_id_vllm_announces():
+    # Found on the real vLLM: a mapped local model is announced by its path in the container.
+    mapped = params(model="/srv/models/tiny", model_path_map={"/srv/models": "/models"})
+    assert Spec(mapped).served_model() == "/models/tiny"
+    assert Spec(dict(mapped, backend="venv")).served_model() == "/srv/models/tiny"
+    assert Spec(dict(mapped, served_model_name="tiny")).served_model() == "tiny"
+    assert Spec(params()).served_model() == "meta-llama/Llama-3.3-70B-Instruct"
+
+
 def test_venv_backend_keeps_host_paths_and_sets_cuda_visible_devices():
     spec = Spec(params(backend="venv", model="/srv/models/m", api_keys=["k"]))
     env = spec.environment()
