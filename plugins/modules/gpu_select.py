@@ -204,7 +204,7 @@ devices:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus, _gpu_select, _nvml, _sizes
+from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus, _gpu_select, _nvml, _sizes, _validate
 
 
 class GpuSelector(object):
@@ -219,6 +219,10 @@ class GpuSelector(object):
         try:
             min_free = _sizes.to_mib(p["min_free_memory"], "min_free_memory")
         except _sizes.SizeError as exc:
+            self.module.fail_json(msg=str(exc))
+        try:
+            _validate.number("timeout", p["timeout"], 0, 3600, above_minimum=True)
+        except _validate.InputError as exc:
             self.module.fail_json(msg=str(exc))
         if p["count"] < 1:
             self.module.fail_json(msg="count must be at least 1, got %d" % p["count"])

@@ -76,7 +76,7 @@ top:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _diagnose
+from ansible_collections.inferops.vllm.plugins.module_utils import _diagnose, _validate
 
 
 def main():
@@ -91,9 +91,25 @@ def main():
         supports_check_mode=False,
     )
     p = module.params
-    for instance in p["instances"]:
-        if "name" not in instance or "port" not in instance:
-            module.fail_json(msg="instances: each item needs a name and a port, got %s" % sorted(instance))
+    instances = []
+    try:
+        _validate.single_line("dest", p["dest"])
+        _validate.number("health_timeout", p["health_timeout"], 0, 3600, above_minimum=True)
+        _validate.number("log_lines", p["log_lines"], 1, 100000)
+        for index, instance in enumerate(p["instances"]):
+            field = "instances[%d]" % index
+            if "name" not in instance or "port" not in instance:
+                raise _validate.InputError("%s: each item needs a name and a port, got %s" % (
+                    field, sorted(str(key) for key in instance)))
+            port = instance["port"]
+            if isinstance(port, str) and port.isdigit() and len(port) <= 5:
+                port = int(port)  # a templated port arrives as text
+            # The name becomes the name of files under dest: a plain token, never a path.
+            instances.append(dict(instance, name=_validate.instance_name(field + ".name", instance["name"]),
+                                  port=_validate.port(field + ".port", port)))
+    except _validate.InputError as exc:
+        module.fail_json(msg=str(exc))
+    p["instances"] = instances
     files, statuses, top = _diagnose.collect(p["dest"], p["instances"], p["api_keys"],
                                              health_timeout=p["health_timeout"], log_lines=p["log_lines"])
     module.exit_json(changed=True, files=files, statuses=statuses, top=top, dest=p["dest"])

@@ -95,7 +95,7 @@ gpus:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_reclaim, _nvml
+from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_reclaim, _nvml, _validate
 
 
 def main():
@@ -114,6 +114,14 @@ def main():
     if _nvml.pynvml is None:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
     p = module.params
+    try:
+        _validate.instance_name("instance", p["instance"])
+        _validate.gpu_ids("gpus", p["gpus"])
+        _validate.number("grace", p["grace"], 0, 3600)
+        _validate.number("tolerance_mib", p["tolerance_mib"], 0)
+        _validate.number("timeout", p["timeout"], 0, 3600, above_minimum=True)
+    except _validate.InputError as exc:
+        module.fail_json(msg=str(exc), changed=False)
     try:
         report = _gpu_reclaim.reclaim(p["instance"], p["gpus"], kill=p["kill"], reset=p["reset"], grace=p["grace"],
                                       tolerance_mib=p["tolerance_mib"], timeout=p["timeout"],

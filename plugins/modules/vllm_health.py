@@ -226,7 +226,7 @@ waited_s:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _runtime, _vllm_health, _vllm_metrics
+from ansible_collections.inferops.vllm.plugins.module_utils import _runtime, _validate, _vllm_health, _vllm_metrics
 
 
 def main():
@@ -261,8 +261,17 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if p["timeout"] <= 0 or p["poll_interval"] <= 0 or p["start_period"] < 0:
-        module.fail_json(msg="timeout and poll_interval must be positive and start_period not negative")
+    try:
+        _validate.number("timeout", p["timeout"], 0, 3600, above_minimum=True)
+        _validate.number("poll_interval", p["poll_interval"], 0, 3600, above_minimum=True)
+        _validate.number("start_period", p["start_period"], 0, 7 * 86400)
+        _validate.number("log_lines", p["log_lines"], 0, 100000)
+        for name, value in sorted(p["thresholds"].items()):
+            _validate.number("thresholds." + name, value, 0)
+        for field in ("url", "model", "api_key", "container", "unit"):
+            _validate.single_line(field, p[field])
+    except _validate.InputError as exc:
+        module.fail_json(msg=str(exc))
     if p["container"] and _runtime.docker is None:
         module.fail_json(msg=missing_required_lib("docker"), exception=_runtime.DOCKER_IMPORT_ERROR)
     if _vllm_metrics.text_string_to_metric_families is None:

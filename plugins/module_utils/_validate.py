@@ -1,0 +1,119 @@
+# Copyright: inferops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Checks on what users pass, run before anything is touched. Each refusal names the field, what is wrong with the
+value and how to fix it; InputError is the only exception that comes out."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import math
+import re
+
+# An instance name becomes a container name, a unit name and a directory name: a plain token, never a path.
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Anything below space, and DEL: a newline in a value written to a unit or env file starts a new directive.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A value argparse would read as an option of its own (a negative number is a value).
+_LOOKS_LIKE_FLAG = re.compile(r"-+[A-Za-z_]")
+# A GPU as CUDA_VISIBLE_DEVICES and Docker's --gpus take it: an index, or a GPU or MIG UUID.
+_GPU_ID = re.compile(r"(?:[0-9]{1,4}|(?:GPU|MIG)-[A-Za-z0-9/-]{1,80})\Z")
+
+
+class InputError(ValueError):
+    pass
+
+
+def _shown(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def instance_name(field, value):
+    if not isinstance(value, str) or not _INSTANCE_NAME.match(value) or ".." in value:
+        raise InputError("%s: %s is not an instance name; use 1-63 letters, digits, '.', '_' or '-', starting with "
+                         "a letter or digit (no '/', '..', spaces or control characters)" % (field, _shown(value)))
+    return value
+
+
+def single_line(field, value):
+    """A text that reaches a unit file, an env file, a command line or an HTTP header: no control characters."""
+    if value is None:
+        return value
+    if not isinstance(value, str):
+        value = str(value)
+    found = _CONTROL.search(value)
+    if found:
+        raise InputError("%s: the value has a control character (%r at position %d); remove line breaks, tabs and "
+                         "other control characters" % (field, found.group(), found.start()))
+    return value
+
+
+def env_name(field, name):
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise InputError("%s: %s is not an environment variable name; use letters, digits and '_', not starting "
+                         "with a digit" % (field, _shown(name)))
+    return name
+
+
+def environment(field, env):
+    """{NAME: value} written to an env file or a container's environment."""
+    for name, value in (env or {}).items():
+        env_name(field, name)
+        if isinstance(value, (dict, list)):
+            raise InputError("%s: %s must be a text or a number, not a %s" % (field, name, type(value).__name__))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError("%s: %s is %r; give a finite number" % (field, name, value))
+        single_line("%s.%s" % (field, name), value)
+    return env
+
+
+def port(field, value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InputError("%s: %s is not a TCP port; give a number from 1 to 65535" % (field, _shown(value)))
+    return value
+
+
+def number(field, value, minimum=0, maximum=None, above_minimum=False):
+    """A finite number within bounds (timeouts, periods, sizes, thresholds); None means not set."""
+    if value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError("%s: %s is not a finite number" % (field, _shown(value)))
+    low = value <= minimum if above_minimum else value < minimum
+    if low or (maximum is not None and value > maximum):
+        bounds = "above %s" % minimum if above_minimum else "at least %s" % minimum
+        if maximum is not None:
+            bounds += " and at most %s" % maximum
+        raise InputError("%s: %s is out of range; give a number %s" % (field, _shown(value), bounds))
+    return value
+
+
+def gpu_ids(field, ids):
+    seen = set()
+    for gpu in ids or []:
+        if not isinstance(gpu, str) or not _GPU_ID.match(gpu):
+            raise InputError("%s: %s is not a GPU; give an index (0, 1, ...) or a UUID (GPU-..., MIG-...), one per "
+                             "item" % (field, _shown(gpu)))
+        if gpu in seen:
+            raise InputError("%s: GPU %s is listed twice" % (field, gpu))
+        seen.add(gpu)
+    return ids
+
+
+def argument_values(field, values):
+    """extra_args values become argv words: none may read as a flag or break a unit file's line."""
+    for flag, value in (values or {}).items():
+        words = value if isinstance(value, (list, tuple)) else [value]
+        for word in words:
+            if isinstance(word, (dict, bool)) or word is None:
+                continue
+            text = str(word)
+            single_line("%s.%s" % (field, flag), text)
+            if _LOOKS_LIKE_FLAG.match(text):
+                # Only the option's name is shown: what follows it may be a secret (--api-key=...).
+                option = re.match(r"-+[A-Za-z0-9_-]*", text).group()
+                raise InputError("%s.%s: a value starting with %s would be read as a flag of its own; pass each flag "
+                                 "as its own key of %s" % (field, flag, _shown(option), field))
+    return values

@@ -1,0 +1,141 @@
+"""The input checks: hostile values are refused with the field named, and only InputError comes out."""
+
+import math
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ansible_collections.inferops.vllm.plugins.module_utils import _validate
+from ansible_collections.inferops.vllm.plugins.module_utils._validate import InputError
+
+ANYTHING = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary(),
+                     st.lists(st.text(), max_size=3), st.dictionaries(st.text(), st.text(), max_size=3))
+
+
+@pytest.mark.parametrize("name", ["x/../victim", "../../victim", "..", "a..b", "", "a b", "a\nb", "/abs", "-dash",
+                                  ".hidden", "x" * 64, "tab\t", "nul\x00"])
+def test_instance_names_that_could_become_paths_are_refused(name):
+    with pytest.raises(InputError, match=r"^name: .* is not an instance name"):
+        _validate.instance_name("name", name)
+
+
+@pytest.mark.parametrize("name", ["llama-70b", "qwen2.5-7b", "a", "A_1", "x" * 63])
+def test_plain_instance_names_pass(name):
+    assert _validate.instance_name("name", name) == name
+
+
+@given(st.text(max_size=80))
+def test_an_accepted_name_is_one_path_segment(name):
+    try:
+        _validate.instance_name("name", name)
+    except InputError:
+        return
+    assert "/" not in name and ".." not in name and name.strip() == name and name not in (".", "")
+    assert all(ch.isalnum() or ch in "._-" for ch in name)
+
+
+@pytest.mark.parametrize("value", ["a\nExecStartPre=/bin/sh", "x\rLD_PRELOAD=/tmp/x.so", "v\x00", "del\x7f"])
+def test_line_breaks_and_control_characters_are_refused_without_echoing_the_value(value):
+    with pytest.raises(InputError) as caught:
+        _validate.single_line("env.MY_VAR", value)
+    message = str(caught.value)
+    assert message.startswith("env.MY_VAR: the value has a control character")
+    assert "ExecStartPre" not in message and "LD_PRELOAD" not in message
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"BAD NAME": "1"}, "env: 'BAD NAME' is not an environment variable name"),
+    ({"1X": "1"}, "env: '1X' is not an environment variable name"),
+    ({"X=Y": "1"}, "env: 'X=Y' is not an environment variable name"),
+    ({"OK": "a\nVLLM_API_KEY=stolen"}, "env.OK: the value has a control character"),
+    ({"OK": {"nested": 1}}, "env: OK must be a text or a number, not a dict"),
+    ({"OK": float("nan")}, "env: OK is nan; give a finite number"),
+])
+def test_environment_names_and_values(env, message):
+    with pytest.raises(InputError, match="^" + re.escape(message)):
+        _validate.environment("env", env)
+
+
+@pytest.mark.parametrize("value", [0, -1, 65536, 10 ** 309, "8000", True, None, 1.5])
+def test_ports_are_1_to_65535(value):
+    with pytest.raises(InputError, match=r"^port: .* is not a TCP port; give a number from 1 to 65535"):
+        _validate.port("port", value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), "5", True])
+def test_numbers_must_be_finite(value):
+    with pytest.raises(InputError, match=r"^timeout: .* is not a finite number"):
+        _validate.number("timeout", value)
+
+
+def test_number_bounds():
+    assert _validate.number("gpu_memory_utilization", 1, 0, 1, above_minimum=True) == 1
+    with pytest.raises(InputError, match=r"give a number above 0 and at most 1"):
+        _validate.number("gpu_memory_utilization", 0, 0, 1, above_minimum=True)
+    with pytest.raises(InputError, match=r"pipeline_parallel_size: 0 is out of range; give a number at least 1"):
+        _validate.number("pipeline_parallel_size", 0, 1)
+    assert _validate.number("max_model_len", None, 1) is None
+
+
+@given(ANYTHING)
+def test_only_input_error_comes_out(value):
+    for check in (lambda v: _validate.instance_name("f", v), lambda v: _validate.single_line("f", v),
+                  lambda v: _validate.port("f", v), lambda v: _validate.number("f", v, 0, 10),
+                  lambda v: _validate.gpu_ids("f", v if isinstance(v, list) else [v]),
+                  lambda v: _validate.environment("f", v if isinstance(v, dict) else {"X": v}),
+                  lambda v: _validate.argument_values("f", {"flag": v})):
+        try:
+            check(value)
+        except InputError:
+            pass
+
+
+@given(st.floats() | st.integers())
+def test_an_accepted_number_is_finite_and_in_range(value):
+    try:
+        _validate.number("f", value, 0, 10)
+    except InputError:
+        return
+    assert math.isfinite(value) and 0 <= value <= 10
+
+
+@pytest.mark.parametrize("gpus, message", [
+    (["0", "0"], "gpus: GPU 0 is listed twice"),
+    (["-1"], "gpus: '-1' is not a GPU"),
+    (["0,1"], "gpus: '0,1' is not a GPU"),
+    (["all"], "gpus: 'all' is not a GPU"),
+    (["0\n"], "gpus: '0\\n' is not a GPU"),
+])
+def test_gpu_ids(gpus, message):
+    with pytest.raises(InputError, match="^" + re.escape(message)):
+        _validate.gpu_ids("gpus", gpus)
+
+
+def test_gpu_indices_and_uuids_pass():
+    ids = ["0", "7", "GPU-5e1a7c3d-8f6b-4a2e-9c1d-0b3f4e5a6d7c", "MIG-GPU-5e1a7c3d/1/0"]
+    assert _validate.gpu_ids("gpus", ids) == ids
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"tokenizer": ["x", "--api-key", "KEY"]}, "extra_args.tokenizer: a value starting with '--api-key' would be read as a flag"),
+    ({"tokenizer": "--api-key=KEY"}, "extra_args.tokenizer: a value starting with '--api-key' would be read as a "
+                                     "flag of its own"),
+    ({"chat-template": "x\nExecStartPre=/bin/true"}, "extra_args.chat-template: the value has a control character"),
+])
+def test_extra_args_values_cannot_carry_flags_or_lines(extra, message):
+    with pytest.raises(InputError, match="^" + re.escape(message)):
+        _validate.argument_values("extra_args", extra)
+
+
+@given(st.text(min_size=8, alphabet="0123456789XYZ"))
+def test_a_refused_flag_value_never_shows_what_follows_the_option(secret):
+    with pytest.raises(InputError) as caught:
+        _validate.argument_values("extra_args", {"tokenizer": ["x", "--api-key=" + secret]})
+    assert secret not in str(caught.value).replace("extra_args.tokenizer", "")
+
+
+def test_extra_args_values_that_are_values_pass():
+    extra = {"max-logprobs": -1, "hf-overrides": {"a": "--b"}, "enable-lora": True, "lora-modules": ["a=/m/a"]}
+    assert _validate.argument_values("extra_args", extra) == extra
