@@ -105,9 +105,11 @@ mkdir -p build/logs
 real_image_pid=
 if [[ " ${stages[*]} " == *" realvllm "* ]]; then
     echo "--- building the real-vLLM image in the background (build/logs/real-image.log)"
-    "${labctl[@]}" real-image >build/logs/real-image.log 2>&1 &
+    (
+        started=$(date +%s)
+        "${labctl[@]}" real-image && echo "--- real-vLLM image ready $(($(date +%s) - started)) s after its background job began"
+    ) >build/logs/real-image.log 2>&1 &
     real_image_pid=$!
-    real_image_started=$(date +%s)
 fi
 
 for stage in "${stages[@]}"; do
@@ -121,7 +123,7 @@ for stage in "${stages[@]}"; do
             echo "=== stage $stage FAILED: the real-vLLM image did not build (build/logs/real-image.log)"
             exit 1
         fi
-        echo "--- the real-vLLM image build ended $(($(date +%s) - real_image_started)) s after it began"
+        tail -n 1 build/logs/real-image.log
     fi
     if ! "stage_$stage" 2>&1 | tee "$log"; then
         echo
