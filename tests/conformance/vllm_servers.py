@@ -92,10 +92,35 @@ class Server:
         self.docker("rm", "-f", self.name, check=False)
 
 
-class RealBackend:
+class Backend:
+    """Starts servers of one image (`image`, named after `kind`) through the backend's `docker`."""
+
+    kind = image = None
+
+    def run_server(self, options, args, port, network):
+        """`docker run` of the image with `options`, on `port` or in the network of the container `network`."""
+        name = "conformance-%s-%s" % (self.kind, uuid.uuid4().hex[:8])
+        cmd = ["run", "-d", "--name", name] + options
+        if network:
+            cmd += ["--network", "container:" + network]
+        elif port:
+            cmd += ["-p", "%d:%d" % (port, port)]
+        self.docker(*(cmd + [self.image] + list(args) + (["--port", str(port)] if port else [])))
+        return Server(self, name, port if not network else None)
+
+    def blocker(self, port):
+        """A container listening on `port`, whose network a server can share to find the port taken."""
+        name = "conformance-blocker-%s" % uuid.uuid4().hex[:8]
+        self.docker("run", "-d", "--name", name, "--entrypoint", "python3", self.image, "-m", "http.server",
+                    str(port))
+        return name
+
+
+class RealBackend(Backend):
     """The real vLLM on this machine's dockerd; /conf and the tokenizer-less model are host directories."""
 
     kind = "real"
+    image = REAL_IMAGE
     address = "127.0.0.1"
     ready_timeout = 300
 
@@ -116,29 +141,17 @@ class RealBackend:
         return result
 
     def start(self, args, port=None, network=None, gpu=None):
-        name = "conformance-real-%s" % uuid.uuid4().hex[:8]
         # Unpinned: vLLM's CPU build pins every server's worker to core 0, where several servers starve each other.
-        cmd = ["run", "-d", "--name", name, "--ipc=host", "-e", "VLLM_CPU_OMP_THREADS_BIND=nobind",
-               "-v", "%s:/conf:ro" % self.files.conf, "-v", "%s:%s:ro" % (self.files.no_tokenizer, NO_TOKENIZER)]
-        if network:
-            cmd += ["--network", "container:" + network]
-        elif port:
-            cmd += ["-p", "%d:%d" % (port, port)]
-        self.docker(*(cmd + [REAL_IMAGE] + list(args) + (["--port", str(port)] if port else [])))
-        return Server(self, name, port if not network else None)
-
-    def blocker(self, port):
-        """A container listening on `port`, whose network a server can share to find the port taken."""
-        name = "conformance-blocker-%s" % uuid.uuid4().hex[:8]
-        self.docker("run", "-d", "--name", name, "--entrypoint", "python3", REAL_IMAGE, "-m", "http.server",
-                    str(port))
-        return name
+        return self.run_server(["--ipc=host", "-e", "VLLM_CPU_OMP_THREADS_BIND=nobind", "-v",
+                                "%s:/conf:ro" % self.files.conf, "-v",
+                                "%s:%s:ro" % (self.files.no_tokenizer, NO_TOKENIZER)], args, port, network)
 
 
-class EmulatorBackend:
+class EmulatorBackend(Backend):
     """The emulator in a lab host, on one of its fake GPUs; the model and /conf copied into the host."""
 
     kind = "emulator"
+    image = EMULATOR_IMAGE
     ready_timeout = 60
     root = "/srv/conformance"
 
@@ -165,22 +178,9 @@ class EmulatorBackend:
     def start(self, args, port=None, network=None, gpu=7):
         """`gpu`: a GPU of its own (an instance takes --gpu-memory-utilization, 0.92, of it), not GPU 0, which the
         lab gives a foreign workload."""
-        name = "conformance-emu-%s" % uuid.uuid4().hex[:8]
-        cmd = ["run", "-d", "--name", name, "--gpus", '"device=%d"' % gpu,
-               "-v", "%s/tiny:%s:ro" % (self.root, MODEL), "-v", "%s/notok:%s:ro" % (self.root, NO_TOKENIZER),
-               "-v", "%s/conf:/conf:ro" % self.root]
-        if network:
-            cmd += ["--network", "container:" + network]
-        elif port:
-            cmd += ["-p", "%d:%d" % (port, port)]
-        self.docker(*(cmd + [EMULATOR_IMAGE] + list(args) + (["--port", str(port)] if port else [])))
-        return Server(self, name, port if not network else None)
-
-    def blocker(self, port):
-        name = "conformance-blocker-%s" % uuid.uuid4().hex[:8]
-        self.docker("run", "-d", "--name", name, "--entrypoint", "python3", EMULATOR_IMAGE, "-m", "http.server",
-                    str(port))
-        return name
+        return self.run_server(["--gpus", '"device=%d"' % gpu, "-v", "%s/tiny:%s:ro" % (self.root, MODEL),
+                                "-v", "%s/notok:%s:ro" % (self.root, NO_TOKENIZER),
+                                "-v", "%s/conf:/conf:ro" % self.root], args, port, network)
 
 
 def lab_hosts():
