@@ -109,8 +109,7 @@ def main():
                                   port=_validate.port(field + ".port", port)))
     except _validate.InputError as exc:
         module.fail_json(msg=str(exc))
-    p["instances"] = instances
-    files, statuses, top = _diagnose.collect(p["dest"], p["instances"], p["api_keys"],
+    files, statuses, top = _diagnose.collect(p["dest"], instances, p["api_keys"],
                                              health_timeout=p["health_timeout"], log_lines=p["log_lines"])
     module.exit_json(changed=True, files=files, statuses=statuses, top=top, dest=p["dest"])
 

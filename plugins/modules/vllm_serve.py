@@ -398,8 +398,6 @@ class VllmServe(object):
             self.spec.environment()
         except (_vllm_flags.FlagError, _vllm_spec.SpecError) as exc:
             self.fail(str(exc))
-        if not 0 < p["gpu_memory_utilization"] <= 1:
-            self.fail("gpu_memory_utilization must be in (0, 1], got %s" % p["gpu_memory_utilization"])
         for option in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
             if p[option] and not os.path.isfile(p[option]):
                 self.fail("%s: %s does not exist on this host" % (option, p[option]))
