@@ -11,16 +11,21 @@ short_description: Mask secrets in text that leaves a host (logs, docker inspect
 version_added: 0.1.0
 author: inferops maintainers (@inferops)
 description:
-  - "Masks API keys and tokens in vLLM's logged arguments (the C(api_key) list), C(--api-key) and C(--hf-token)
-    values, C(NAME=value) pairs whose name says key, token, secret or password, C(Authorization) Bearer headers,
-    and Hugging Face tokens (C(hf_...)), plus any secret given in O(secrets)."
+  - "Masks API keys, tokens and passwords in vLLM's logged arguments (the C(api_key) list), command lines and
+    C(docker inspect) argv (C(--api-key), C(--hf-token), C(--password)), C(NAME=value) and C(name: value) pairs
+    whose name says key, token, secret or password, every C(Authorization) scheme and other credential headers,
+    URL passwords and query tokens, PEM private keys, and tokens known by their shape (Hugging Face, OpenAI,
+    GitHub, GitLab, Slack, AWS, Google, JWT)."
+  - "Any secret given in O(secrets) is masked wherever it appears, longest first, and so is a piece of it that a
+    cut left behind (six characters or more)."
+  - Each line is handled on its own, in time linear in its length.
 options:
   _input:
     description: The text.
     type: str
     required: true
   secrets:
-    description: Known secret values to mask wherever they appear.
+    description: Known secret values to mask wherever they appear. A single string is one secret.
     type: list
     elements: str
     default: []
@@ -44,7 +49,7 @@ from ansible_collections.inferops.vllm.plugins.module_utils._redact import redac
 
 
 def redact(text, secrets=None):
-    return _redact(str(text), [s for s in (secrets or []) if s])
+    return _redact(str(text), secrets)
 
 
 class FilterModule(object):

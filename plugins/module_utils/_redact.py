@@ -1,8 +1,16 @@
 # Copyright: inferops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Removing secrets from text that leaves the host: log excerpts, command lines, inspect output.
+"""Removing secrets from text that leaves the host: log excerpts, command lines, inspect output, server bodies.
 
 vLLM logs its non-default arguments at start-up, API keys included, so log evidence is never returned as is.
+
+Three rules keep this safe on hostile text:
+- every pattern is line-local (no class matches CR or LF), so a mask never swallows the evidence on the next line;
+  the one exception is a PEM private-key block, masked line by line between its markers;
+- every pattern starts with a literal or a bounded class and its quantifiers cannot overlap, so the work is linear
+  in the text: a 200 KB logged prompt costs milliseconds, not minutes;
+- known secrets are masked longest first, and so are the pieces a cut leaves of them: a prefix of six characters
+  or more anywhere, a suffix of six or more where a line starts (what a tail read leaves).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -13,30 +21,165 @@ import re
 
 MASK = "********"
 
+# The shortest piece of a known secret that is still masked where a cut may have left it.
+MIN_PIECE = 6
+
+# Values that say no secret is set: kept, because "api_key=None" is evidence an SRE needs.
+_EMPTY_VALUES = frozenset(("none", "null", "''", '""', "[]", "~", "<none>", MASK))
+
+# A value after a separator: quoted (escapes allowed), a Python/JSON list, or a bare word.
+_VALUE = r"""(?:"(?:[^"\\\r\n]|\\[^\r\n])*"|'(?:[^'\\\r\n]|\\[^\r\n])*'|\[[^\]\r\n]*\]|[^\s"',;&}\])]+)"""
+
+# Names whose value is a secret. A name counts when the word ends there: `max_tokens` and `tokenizer` do not,
+# and neither do `*_PATH` / `*_FILE`, which only point at a secret.
+_SECRET_NAME = (r"(?:api[-_.]?keys?|apikey|access[-_]?key|secret[-_]?(?:access[-_]?)?key|private[-_]?key|"
+                r"client[-_]?secret|secret|(?:access|auth|refresh|id|session|bearer|api|hf)?[-_]?token|"
+                r"passw(?:or)?d|passphrase|credentials?|auth)")
+_NAME_START = r"(?<![A-Za-z0-9])"
+_NAME_END = r"(?![A-Za-z0-9])"
+
 _PATTERNS = (
-    # Python reprs of parsed args: 'api_key': ['k1', 'k2'] or api_key=['k1'] or 'hf_token': 'x'
-    (re.compile(r"""((?:api_key|hf_token|token|password)['"]?\s*[:=]\s*)(\[[^\]]*\]|'[^']*'|"[^"]*")""",
-                re.IGNORECASE), r"\1'" + MASK + "'"),
-    # Command lines: --api-key k1 k2 (several values until the next flag), --hf-token x
-    (re.compile(r"(--(?:api-key|hf-token)(?:=|\s+))((?:(?!--)\S+\s*)+)", re.IGNORECASE), r"\1" + MASK + " "),
-    # Environment: VLLM_API_KEY=x, HF_TOKEN=x, and any NAME=value whose name says key, token, secret or password
-    # (except the *_PATH variables that only point at secret files).
-    (re.compile(r"\b((?![A-Z0-9_]*_PATH=)[A-Z0-9_]*(?:API_KEY|TOKEN|SECRET|PASSWORD)[A-Z0-9_]*\s*=\s*)[^\s\",]+"),
-     r"\1" + MASK),
-    # HTTP headers
-    (re.compile(r"(Authorization:\s*Bearer\s+)\S+", re.IGNORECASE), r"\1" + MASK),
-    # Hugging Face tokens wherever they appear
-    (re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"), MASK),
+    # PEM private keys: the only multi-line shape, bounded by its own markers (or the end of the text).
+    (re.compile(r"(-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----)(.*?)(-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----|\Z)",
+                re.DOTALL), "pem"),
+    # Any Authorization scheme, as a header, in JSON or in a Python repr: the credentials go, the scheme stays.
+    (re.compile(r"""((?:proxy-)?authorization["']?[ \t]{0,8}[:=][ \t]{0,8})("[^"\r\n]*"|'[^'\r\n]*'|"""
+                r"""(?:[A-Za-z][\w.-]{0,30}[ \t]+)?[^\s"',;}]+)""", re.IGNORECASE), "header"),
+    # Other credential headers: X-API-Key, api-key, X-Auth-Token, Cookie (curl -H, raw HTTP, reprs).
+    (re.compile(r"""(%s(?:x-api-key|api-key|x-auth-token|x-access-token|cookie|set-cookie)["']?[ \t]{0,8}:"""
+                r"""[ \t]{0,8})(%s)""" % (_NAME_START, _VALUE), re.IGNORECASE), "value"),
+    # A bearer token wherever it appears.
+    (re.compile(r"(%sbearer[ \t]{1,8})([^\s\"',;}]+)" % _NAME_START, re.IGNORECASE), "value"),
+    # docker inspect's JSON argv: "--api-key", "K1", "K2" (every value up to the next flag).
+    (re.compile(r"""(["']--?(?:api[-_]key|hf[-_]token|token|password|secret)["'])((?:[ \t]{0,8},[ \t]{0,8}"""
+                r"""(?:"(?!-)(?:[^"\\\r\n]|\\[^\r\n])*"|'(?!-)(?:[^'\\\r\n]|\\[^\r\n])*'))+)""",
+                re.IGNORECASE), "json-argv"),
+    # Command lines: --api-key K1 K2 (several keys until the next flag), --api_key=K, --hf-token K, --password K.
+    (re.compile(r"(%s--?api[-_]key(?:=|[ \t]{1,8}))(%s(?:[ \t]{1,8}(?!-)%s)*)" % (_NAME_START, _VALUE, _VALUE),
+                re.IGNORECASE), "value"),
+    (re.compile(r"(%s--?(?:hf[-_]token|token|password|passwd|secret|client[-_]secret)(?:=|[ \t]{1,8}))(%s)"
+                % (_NAME_START, _VALUE), re.IGNORECASE), "value"),
+    # curl -u user:password / --user user:password
+    (re.compile(r"(%s(?:-u|--user)[ \t]{1,8}[^\s:\"']{0,128}:)([^\s\"']+)" % _NAME_START), "value"),
+    # URL userinfo: scheme://user:PASSWORD@host
+    (re.compile(r"(://[^\s/@:\"']{0,256}:)([^\s/@\"']{1,256})(?=@)"), "value"),
+    # Query strings: ?token=X&sig=Y
+    (re.compile(r"([?&](?:%s|key|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token)=)"
+                r"([^\s&#\"']+)" % _SECRET_NAME, re.IGNORECASE), "value"),
+    # NAME=value, NAME: value, 'name': 'value', "name": ["v1", "v2"], name=['v1'], NAME => value
+    (re.compile(r"""(%s%s%s["']?[ \t]{0,8}(?:=>|=|:)[ \t]{0,8})(%s)""" % (_NAME_START, _SECRET_NAME, _NAME_END,
+                                                                          _VALUE), re.IGNORECASE), "value"),
+    # Tokens recognisable by their shape wherever they appear.
+    (re.compile(r"%s(?:hf_[A-Za-z0-9]{8,}|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{16,}|"
+                r"github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_-]{16,}|xox[abposr]-[A-Za-z0-9-]{10,}|"
+                r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{30,}|"
+                r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})" % _NAME_START), "whole"),
 )
+
+
+def _mask_value(value):
+    if value.strip("'\"").lower() in _EMPTY_VALUES or value.lower() in _EMPTY_VALUES:
+        return value
+    if value[:1] in "'\"" and value[-1:] == value[:1] and len(value) >= 2:
+        return value[0] + MASK + value[0]
+    if value[:1] == "[":
+        quote = '"' if '"' in value else "'"
+        return "[" + quote + MASK + quote + "]"
+    return MASK
+
+
+def _mask_header(match):
+    name, value = match.group(1), match.group(2)
+    if value[:1] in "'\"":
+        return name + _mask_value(value)
+    scheme, _sep, credentials = value.rpartition(" ")
+    if not scheme:
+        return name + _mask_value(value)
+    return name + value[:len(value) - len(credentials)] + MASK
+
+
+_QUOTED = re.compile(r""""(?:[^"\\\r\n]|\\[^\r\n])*"|'(?:[^'\\\r\n]|\\[^\r\n])*'""")
+
+
+def _mask_json_argv(match):
+    return match.group(1) + _QUOTED.sub(lambda value: value.group(0)[0] + MASK + value.group(0)[0], match.group(2))
+
+
+def _mask_pem(match):
+    return match.group(1) + re.sub(r"[^\r\n]+", MASK, match.group(2)) + match.group(3)
+
+
+_REPLACERS = {
+    "pem": _mask_pem,
+    "header": _mask_header,
+    "value": lambda match: match.group(1) + _mask_value(match.group(2)),
+    "json-argv": _mask_json_argv,
+    "whole": lambda match: MASK,
+}
+
+
+def _known_secrets(secrets):
+    """The secrets as a list of distinct non-empty strings, longest first; a lone string is one secret."""
+    if secrets is None:
+        return []
+    if isinstance(secrets, (str, bytes)):
+        secrets = [secrets]
+    values = set()
+    for secret in secrets:
+        if secret is None:
+            continue
+        if isinstance(secret, bytes):
+            secret = secret.decode("utf-8", "replace")
+        secret = str(secret)
+        if secret:
+            values.add(secret)
+    return sorted(values, key=lambda value: (-len(value), value))
+
+
+def _mask_prefixes(text, secret):
+    """Masks every run of MIN_PIECE or more characters that starts like `secret` (what a cut leaves of it)."""
+    seed = secret[:MIN_PIECE]
+    pieces = []
+    start = 0
+    found = text.find(seed)
+    while found != -1:
+        end = found + MIN_PIECE
+        while end < len(text) and end - found < len(secret) and text[end] == secret[end - found]:
+            end += 1
+        pieces.append(text[start:found])
+        pieces.append(MASK)
+        start = end
+        found = text.find(seed, end)
+    pieces.append(text[start:])
+    return "".join(pieces)
+
+
+def _mask_line_start_suffixes(text, secret):
+    """Masks a suffix (MIN_PIECE or more characters) of `secret` that opens the text or one of its lines."""
+    starts = {}
+    for position in range(1, len(secret) - MIN_PIECE + 1):
+        starts.setdefault(secret[position:position + MIN_PIECE], []).append(position)
+    lines = text.splitlines(True)
+    for number, line in enumerate(lines):
+        for position in starts.get(line[:MIN_PIECE], ()):
+            if line.startswith(secret[position:]):
+                lines[number] = MASK + line[len(secret) - position:]
+                break
+    return "".join(lines)
 
 
 def redact(text, secrets=()):
     """`text` with known secrets (values given) and secret-shaped strings masked."""
     if not text:
         return text
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    for secret in _known_secrets(secrets):
+        text = text.replace(secret, MASK)
+    for secret in _known_secrets(secrets):
+        if len(secret) > MIN_PIECE:
+            text = _mask_prefixes(text, secret)
+            text = _mask_line_start_suffixes(text, secret)
+    for pattern, kind in _PATTERNS:
+        text = pattern.sub(_REPLACERS[kind], text)
     return text
