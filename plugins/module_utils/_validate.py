@@ -19,6 +19,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LOOKS_LIKE_FLAG = re.compile(r"-+[A-Za-z_]")
 # A GPU as CUDA_VISIBLE_DEVICES and Docker's --gpus take it: an index, or a GPU or MIG UUID.
 _GPU_ID = re.compile(r"(?:[0-9]{1,4}|(?:GPU|MIG)-[A-Za-z0-9/-]{1,80})\Z")
+# Docker's reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest]. An image is an argv word
+# of `docker run` in units and probes, so anything else (a leading '-', spaces, a shell word) is refused.
+_IMAGE_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*" \
+              r"|\[[0-9A-Fa-f:]{2,39}\])(?::[0-9]{1,5})?/"
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
+_IMAGE = re.compile(r"(?:%s)?%s(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z]"
+                    r"[A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?\Z" % (_IMAGE_HOST, _IMAGE_PATH))
+_IMAGE_MAX = 512
 
 
 class InputError(ValueError):
@@ -59,7 +67,7 @@ def env_name(field, name):
 
 def environment(field, env):
     """{NAME: value} written to an env file or a container's environment."""
-    for name, value in (env or {}).items():
+    for name, value in _container(field, env, dict).items():
         env_name(field, name)
         if isinstance(value, (dict, list)):
             raise InputError("%s: %s must be a text or a number, not a %s" % (field, name, type(value).__name__))
@@ -90,9 +98,27 @@ def number(field, value, minimum=0, maximum=None, above_minimum=False):
     return value
 
 
+def image_reference(field, value):
+    """A container image as `docker run` takes it: registry/path:tag or @digest."""
+    if not isinstance(value, str) or not value or len(value) > _IMAGE_MAX or not _IMAGE.match(value):
+        raise InputError("%s: %s is not an image reference; give [registry[:port]/]name[:tag][@sha256:digest] with a "
+                         "lower-case name, such as vllm/vllm-openai:v0.33.0" % (field, _shown(value)))
+    return value
+
+
+def _container(field, value, kind):
+    """`value` when it is a `kind` (list or dict) or not set; the checks below then walk it safely."""
+    if value is None:
+        return kind()
+    if kind is list and isinstance(value, (list, tuple)) or kind is dict and isinstance(value, dict):
+        return value
+    raise InputError("%s: give a %s, not a %s" % (field, "list" if kind is list else "mapping of names to values",
+                                                   type(value).__name__))
+
+
 def gpu_ids(field, ids):
     seen = set()
-    for gpu in ids or []:
+    for gpu in _container(field, ids, list):
         if not isinstance(gpu, str) or not _GPU_ID.match(gpu):
             raise InputError("%s: %s is not a GPU; give an index (0, 1, ...) or a UUID (GPU-..., MIG-...), one per "
                              "item" % (field, _shown(gpu)))
@@ -102,9 +128,24 @@ def gpu_ids(field, ids):
     return ids
 
 
+def texts(field, values):
+    """A list of texts (API keys, paths) that each reach a file, a command line or a header."""
+    for index, value in enumerate(_container(field, values, list)):
+        single_line("%s[%d]" % (field, index), value)
+    return values
+
+
+def text_mapping(field, values):
+    """{text: text} (host path -> container path): keys and values reach command lines and unit files."""
+    for key, value in _container(field, values, dict).items():
+        single_line(field, key)
+        single_line("%s.%s" % (field, key), value)
+    return values
+
+
 def argument_values(field, values):
     """extra_args values become argv words: none may read as a flag or break a unit file's line."""
-    for flag, value in (values or {}).items():
+    for flag, value in _container(field, values, dict).items():
         words = value if isinstance(value, (list, tuple)) else [value]
         for word in words:
             if isinstance(word, (dict, bool)) or word is None:

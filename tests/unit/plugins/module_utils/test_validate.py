@@ -85,7 +85,11 @@ def test_only_input_error_comes_out(value):
                   lambda v: _validate.port("f", v), lambda v: _validate.number("f", v, 0, 10),
                   lambda v: _validate.gpu_ids("f", v if isinstance(v, list) else [v]),
                   lambda v: _validate.environment("f", v if isinstance(v, dict) else {"X": v}),
-                  lambda v: _validate.argument_values("f", {"flag": v})):
+                  lambda v: _validate.argument_values("f", {"flag": v}),
+                  lambda v: _validate.image_reference("f", v),
+                  lambda v: _validate.gpu_ids("f", v), lambda v: _validate.environment("f", v),
+                  lambda v: _validate.argument_values("f", v), lambda v: _validate.texts("f", v),
+                  lambda v: _validate.text_mapping("f", v)):
         try:
             check(value)
         except InputError:
@@ -139,3 +143,43 @@ def test_a_refused_flag_value_never_shows_what_follows_the_option(secret):
 def test_extra_args_values_that_are_values_pass():
     extra = {"max-logprobs": -1, "hf-overrides": {"a": "--b"}, "enable-lora": True, "lora-modules": ["a=/m/a"]}
     assert _validate.argument_values("extra_args", extra) == extra
+
+
+@pytest.mark.parametrize("image", ["vllm/vllm-openai:v0.33.0", "inferops/vllm-cpu:0.32.0", "ubuntu",
+                                   "registry.example.com:5000/team/vllm:2026-12-01",
+                                   "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04", "localhost/x__y.z-w:latest",
+                                   "[::1]:5000/vllm:dev", "vllm/vllm-openai@sha256:" + "a" * 64,
+                                   "vllm/vllm-openai:v0.33.0@sha256:" + "0123456789abcdef" * 4])
+def test_image_references_docker_takes_pass(image):
+    assert _validate.image_reference("image", image) == image
+
+
+@pytest.mark.parametrize("image", ["--privileged", "-v/:/host", "vllm/vllm-openai:v0.33.0 --privileged", "", "a\nb",
+                                   "Vllm/Upper", "vllm//openai", "vllm/openai:", ":tag", "vllm/openai:-tag",
+                                   "../../etc/passwd", "vllm/openai@sha256:short", "$(id)", "x" * 600, None, 3,
+                                   ["vllm"]])
+def test_image_references_that_are_not_images_are_refused(image):
+    with pytest.raises(InputError, match=r"^image: .* is not an image reference; give \[registry"):
+        _validate.image_reference("image", image)
+
+
+@given(st.text(alphabet="abc-_./:@0123456789", max_size=300))
+def test_an_accepted_image_never_reads_as_a_flag_or_holds_a_space(image):
+    try:
+        _validate.image_reference("image", image)
+    except InputError:
+        return
+    assert not image.startswith("-") and " " not in image and len(image) <= 512
+
+
+@pytest.mark.parametrize("check, value, message", [
+    (_validate.gpu_ids, True, "gpus: give a list, not a bool"),
+    (_validate.gpu_ids, "0,1", "gpus: give a list, not a str"),
+    (_validate.environment, ["A=1"], "gpus: give a mapping of names to values, not a list"),
+    (_validate.argument_values, "--x", "gpus: give a mapping of names to values, not a str"),
+    (_validate.texts, "key", "gpus: give a list, not a str"),
+    (_validate.text_mapping, ["/a"], "gpus: give a mapping of names to values, not a list"),
+])
+def test_containers_of_the_wrong_kind_are_refused_by_name(check, value, message):
+    with pytest.raises(InputError, match="^" + re.escape(message) + "$"):
+        check("gpus", value)
