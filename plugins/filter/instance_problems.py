@@ -53,6 +53,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _validate, _vllm_input
 
+
 def _settings_problems(settings):
     problems = []
     for name, value in sorted(settings.items()):

@@ -112,8 +112,8 @@ def _container(field, value, kind):
         return kind()
     if kind is list and isinstance(value, (list, tuple)) or kind is dict and isinstance(value, dict):
         return value
-    raise InputError("%s: give a %s, not a %s" % (field, "list" if kind is list else "mapping of names to values",
-                                                   type(value).__name__))
+    wanted = "list" if kind is list else "mapping of names to values"
+    raise InputError("%s: give a %s, not a %s" % (field, wanted, type(value).__name__))
 
 
 def gpu_ids(field, ids):

@@ -58,8 +58,8 @@ def test_what_is_not_a_list_of_instances_is_a_filter_error():
 
 
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30),
-                   st.lists(st.text(max_size=10), max_size=3), st.dictionaries(st.text(max_size=5), st.text(max_size=5),
-                                                                                max_size=2))
+                   st.lists(st.text(max_size=10), max_size=3),
+                   st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2))
 
 
 @hsettings(max_examples=300, deadline=None)

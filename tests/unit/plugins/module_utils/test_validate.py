@@ -123,7 +123,8 @@ def test_gpu_indices_and_uuids_pass():
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"tokenizer": ["x", "--api-key", "KEY"]}, "extra_args.tokenizer: a value starting with '--api-key' would be read as a flag"),
+    ({"tokenizer": ["x", "--api-key", "KEY"]},
+     "extra_args.tokenizer: a value starting with '--api-key' would be read as a flag"),
     ({"tokenizer": "--api-key=KEY"}, "extra_args.tokenizer: a value starting with '--api-key' would be read as a "
                                      "flag of its own"),
     ({"chat-template": "x\nExecStartPre=/bin/true"}, "extra_args.chat-template: the value has a control character"),
