@@ -6,6 +6,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import math
 import re
 
 _UNITS = {
@@ -38,4 +39,9 @@ def to_mib(value, field):
     if not match or unit not in _UNITS:
         raise SizeError("%s: %r is not a size; give MiB as an integer (40960) or a number with a unit "
                         "(40GiB, 512MiB, 80GB)" % (field, value))
-    return int(float(match.group(1)) * _UNITS[unit])
+    mib = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(mib):
+        # float() of a few hundred digits is inf, and int(inf) raises OverflowError.
+        raise SizeError("%s: %s is too large to be a size; give MiB as an integer (40960) or a size such as 40GiB"
+                        % (field, str(value)[:40] + ("..." if len(str(value)) > 40 else "")))
+    return int(mib)
