@@ -12,6 +12,7 @@ import signal
 import time
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _command, _instance_procs, _nvml
+from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 
 
 class ReclaimError(Exception):
@@ -64,7 +65,7 @@ def _smi(args, timeout):
         rc, out, err = _command.run(["nvidia-smi"] + args, timeout)
     except _command.CommandError as exc:
         raise ReclaimError(str(exc))
-    return rc, (out + err).strip()
+    return rc, redact((out + err).strip())
 
 
 def reclaim(instance, gpus, kill=True, reset=True, grace=10, tolerance_mib=0, timeout=10, check_mode=False):

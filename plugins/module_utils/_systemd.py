@@ -13,6 +13,7 @@ import shutil
 import tempfile
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _command
+from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
@@ -50,7 +51,7 @@ def verify(unit_name, content, timeout=60):
         ours = [line for line in (out + err).splitlines() if unit_name in line or path in line]
         if rc != 0 or ours:
             raise SystemdError("`systemd-analyze verify %s` refused the unit: %s" % (
-                unit_name, "; ".join(ours) or (out + err).strip()))
+                unit_name, redact("; ".join(ours) or (out + err).strip())))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -62,7 +63,7 @@ def systemctl(*args, **kwargs):
     except _command.CommandError as exc:
         raise SystemdError(str(exc))
     if rc != 0 and not kwargs.get("check") is False:
-        raise SystemdError("`systemctl %s` exited %d: %s" % (" ".join(args), rc, (out + err).strip()))
+        raise SystemdError("`systemctl %s` exited %d: %s" % (" ".join(args), rc, redact((out + err).strip())))
     return rc, out
 
 
