@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import itertools
+import re
 import uuid
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _command, _nvml
@@ -55,56 +56,107 @@ def read_nvml(timeout, with_topology):
             "topology": snap["topology"], "processes_visible": True}
 
 
-def _value(text):
-    text = text.strip()
-    if text in ("[N/A]", "N/A", "[Not Supported]", ""):
+# What nvidia-smi prints for a value this GPU does not have (no ECC, no MIG, MIG hiding utilization): absent,
+# not an error. Any other bracketed text, or ERR!, is nvidia-smi failing to read the GPU: what a GPU that fell off
+# the bus or needs a reset prints ([Unknown Error], [GPU requires reset]), so nothing else on its row is trusted.
+ABSENT = ("[N/A]", "N/A", "[Not Supported]", "")
+_NUMBER = re.compile(r"[0-9]{1,15}\Z")  # re's \d would let other scripts' digits through; 15 digits bound int()
+# The UUID ends up in CUDA_VISIBLE_DEVICES and `--gpus device=...`, where a comma or a quote would name other GPUs.
+_UUID = re.compile(r"GPU-[0-9A-Za-z-]{1,64}\Z")
+_SWITCH = {"Enabled": True, "Disabled": False}
+_NUMERIC = ("index", "memory.total", "memory.used", "memory.free", "utilization.gpu", "temperature.gpu",
+            "ecc.errors.uncorrected.volatile.total")
+# Without these the GPU cannot be named, told apart from the others, or matched to its processes.
+_REQUIRED = ("index", "uuid")
+
+
+def _cell(field, text):
+    """The value of one --query-gpu cell; None when absent. ValueError when nvidia-smi could not read it."""
+    if text in ABSENT:
+        if field in _REQUIRED:
+            raise ValueError(field)
         return None
-    if text == "Enabled":
-        return True
-    if text == "Disabled":
-        return False
-    try:
+    if field in _NUMERIC:
+        if not _NUMBER.match(text):
+            raise ValueError(field)
         return int(text)
-    except ValueError:
+    if field in ("mig.mode.current", "persistence_mode"):
+        if text not in _SWITCH:
+            raise ValueError(field)
+        return _SWITCH[text]
+    if field == "uuid" and not _UUID.match(text):
+        raise ValueError(field)
+    if text == "ERR!" or (text.startswith("[") and text.endswith("]")):
+        raise ValueError(field)
+    return text
+
+
+def _smi_device(cells):
+    """A device from the cells of one --query-gpu row; with `error` (and no stats) when any cell is unreadable."""
+    row, unreadable = {}, []
+    for field, text in zip(SMI_FIELDS, cells):
         try:
-            return float(text)
+            row[field] = _cell(field, text)
         except ValueError:
-            return text
+            row[field] = None
+            unreadable.append("%s %r" % (field, text[:80]))
+    identity = {"index": row["index"], "uuid": row["uuid"], "name": row["name"], "pci_bus_id": row["pci.bus_id"]}
+    if unreadable:
+        return dict(identity, error="nvidia-smi printed " + ", ".join(unreadable), processes=[])
+    return dict(
+        identity, memory_total_mib=row["memory.total"], memory_used_mib=row["memory.used"],
+        memory_free_mib=row["memory.free"], utilization_gpu=row["utilization.gpu"],
+        temperature_c=row["temperature.gpu"], ecc_uncorrected_volatile=row["ecc.errors.uncorrected.volatile.total"],
+        persistence_mode=bool(row["persistence_mode"]), mig_enabled=bool(row["mig.mode.current"]),
+        mig_devices=[], processes=[])
 
 
 def parse_smi_gpus(text, command):
-    """Devices from `nvidia-smi --query-gpu=<SMI_FIELDS> --format=csv,noheader,nounits` output."""
-    devices = []
+    """Devices from `nvidia-smi --query-gpu=<SMI_FIELDS> --format=csv,noheader,nounits` output.
+
+    A row that cannot be read becomes a device with `error`, so that it is explained and never chosen while the
+    others stay selectable. BackendError only when no line at all is a row of the query."""
+    devices, seen, rows, first_bad = [], set(), 0, None
     for line in text.splitlines():
-        if not line.strip():
+        line = line.strip()
+        # The same row printed twice is one reading of one GPU, which must not be chosen twice.
+        if not line or line in seen:
             continue
+        seen.add(line)
         cells = [c.strip() for c in line.split(", ")]
         if len(cells) != len(SMI_FIELDS):
-            raise BackendError("`%s` printed a line with %d fields, expected %d: %r" % (
-                command, len(cells), len(SMI_FIELDS), line))
-        row = dict(zip(SMI_FIELDS, [_value(c) for c in cells]))
-        if not isinstance(row["index"], int) or not isinstance(row["memory.total"], int):
-            raise BackendError("`%s` printed an unexpected line: %r" % (command, line))
-        devices.append({
-            "index": row["index"], "uuid": row["uuid"], "name": row["name"], "pci_bus_id": row["pci.bus_id"],
-            "memory_total_mib": row["memory.total"], "memory_used_mib": row["memory.used"],
-            "memory_free_mib": row["memory.free"], "utilization_gpu": row["utilization.gpu"],
-            "temperature_c": row["temperature.gpu"],
-            "ecc_uncorrected_volatile": row["ecc.errors.uncorrected.volatile.total"],
-            "persistence_mode": bool(row["persistence_mode"]), "mig_enabled": bool(row["mig.mode.current"]),
-            "mig_devices": [], "processes": [],
-        })
-    if not devices:
+            # Such as "Unable to determine the device handle for GPU 0000:3B:00.0: GPU is lost": a GPU is missing,
+            # but which index it had, nvidia-smi does not say.
+            problem = "a line with %d fields, expected %d: %r" % (len(cells), len(SMI_FIELDS), line[:200])
+            first_bad = first_bad or problem
+            devices.append({"index": None, "uuid": None, "error": "nvidia-smi printed " + problem, "processes": []})
+            continue
+        rows += 1
+        devices.append(_smi_device(cells))
+    if not rows:
+        if first_bad:
+            raise BackendError("`%s` printed %s" % (command, first_bad))
         raise BackendError("`%s` listed no GPUs" % command)
     return devices
 
 
+def _pid_or_mib(text):
+    return int(text) if _NUMBER.match(text) else None
+
+
 def parse_smi_apps(text, devices):
-    by_uuid = dict((d["uuid"], d) for d in devices)
+    """Adds each --query-compute-apps line to its GPU's `processes`. A line naming a GPU counts as a process even
+    when the rest cannot be read (pid None): a hidden process would make a busy GPU look idle."""
+    by_uuid = dict((d["uuid"], d) for d in devices if d.get("uuid"))
     for line in text.splitlines():
         cells = [c.strip() for c in line.split(", ")]
-        if len(cells) == 3 and cells[0] in by_uuid:
-            by_uuid[cells[0]]["processes"].append({"pid": _value(cells[1]), "used_memory_mib": _value(cells[2])})
+        device = by_uuid.get(cells[0])
+        if device is None:
+            continue
+        device["processes"].append({
+            "pid": _pid_or_mib(cells[1]) if len(cells) > 1 else None,
+            "used_memory_mib": _pid_or_mib(cells[2]) if len(cells) > 2 else None,
+        })
 
 
 def _smi_result(argv_prefix, timeout):
@@ -186,11 +238,11 @@ def check_exclude(devices, constraints):
     """Every name in `exclude` must be a GPU (or MIG device) that exists here."""
     known = set()
     for device in devices:
-        known.update([str(device["index"]), device.get("uuid")])
+        known.update(str(name) for name in (device.get("index"), device.get("uuid")) if name is not None)
         known.update(m["uuid"] for m in device.get("mig_devices", []))
     unknown = [e for e in constraints.exclude if e not in known]
     if unknown:
-        indices = [d["index"] for d in devices]
+        indices = [d["index"] for d in devices if d.get("index") is not None]
         raise SelectionError("exclude: %s do%s not exist on this host (GPUs here: indices %s, or their UUIDs)" % (
             ", ".join(unknown), "es" if len(unknown) == 1 else "", ", ".join(str(i) for i in indices)))
 
@@ -210,9 +262,26 @@ def _load_reasons(device, constraints, processes_visible):
         if not processes_visible:
             reasons.append("compute processes are not visible to this backend, so idleness cannot be proven")
         elif device.get("processes"):
-            reasons.append("%d compute process(es) running (pid %s)" % (
-                len(device["processes"]), ", ".join(str(p["pid"]) for p in device["processes"])))
+            reasons.append("%d compute process(es) running (pid %s)" % (len(device["processes"]), ", ".join(
+                "?" if p["pid"] is None else str(p["pid"]) for p in device["processes"])))
     return reasons
+
+
+def _unreadable(device, devices):
+    """Why the GPU cannot be trusted to be the GPU it says it is; None when it can."""
+    if "error" in device:
+        return device["error"]
+    if not isinstance(device.get("index"), int):
+        return "no index was read, so it cannot be named"
+    if not device.get("uuid"):
+        return "no UUID was read, so it cannot be told apart or named"
+    # One GPU listed twice with different readings (or two GPUs claiming one index or UUID): choosing it could
+    # give the same GPU twice, or the wrong one.
+    twins = [d for d in devices if d.get("index") == device["index"] or d.get("uuid") == device["uuid"]]
+    if len(twins) > 1:
+        return "listed more than once (index %s, UUID %s): which reading is this GPU's cannot be told" % (
+            device["index"], device["uuid"])
+    return None
 
 
 def evaluate(observation, constraints):
@@ -221,8 +290,9 @@ def evaluate(observation, constraints):
     excluded = set(constraints.exclude)
     for device in observation["devices"]:
         reasons = []
-        if "error" in device:
-            reasons.append("unreadable: %s" % device["error"])
+        unreadable = _unreadable(device, observation["devices"])
+        if unreadable:
+            reasons.append("unreadable: %s" % unreadable)
         elif str(device["index"]) in excluded or device.get("uuid") in excluded:
             reasons.append("excluded")
         else:
@@ -311,10 +381,12 @@ def choose(candidates, count, topology, prefer_topology):
 def explain(devices):
     lines = []
     for device in devices:
+        # A GPU whose index could not be read is still listed: "?", its reason says what nvidia-smi printed.
+        name = "?" if device.get("index") is None else device["index"]
         if device.get("eligible"):
-            lines.append("GPU %s: eligible (%s MiB free)" % (device["index"], device.get("memory_free_mib")))
+            lines.append("GPU %s: eligible (%s MiB free)" % (name, device.get("memory_free_mib")))
         else:
-            lines.append("GPU %s: %s" % (device["index"], "; ".join(device["reasons"])))
+            lines.append("GPU %s: %s" % (name, "; ".join(device.get("reasons", []))))
         for mig in device.get("mig_devices", []):
             if "eligible" in mig:
                 state = "eligible" if mig["eligible"] else "; ".join(mig["reasons"])

@@ -105,8 +105,7 @@ def _mig_devices(handle):
     return devices
 
 
-def _device(index):
-    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+def _device(index, handle):
     memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
     utilization = _optional(pynvml.nvmlDeviceGetUtilizationRates, handle)
     mig = _optional(pynvml.nvmlDeviceGetMigMode, handle)
@@ -131,19 +130,43 @@ def _device(index):
     }
 
 
-def _topology(count):
-    """Pairwise nvmlDeviceGetTopologyCommonAncestor levels, {i: {j: level}}, for every pair of GPUs."""
-    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-    matrix = {}
-    for i in range(count):
-        matrix[i] = {}
-        for j in range(count):
+# What nvidia-ml-py, a ctypes binding, raises when the driver answers with something it cannot convert (a name
+# that is not UTF-8, a value out of range): that GPU's answer is unreadable, like an NVML error.
+UNREADABLE_ANSWER = (ValueError, TypeError, OverflowError)
+
+
+def _read(index):
+    """(device, handle) for one GPU; a GPU that cannot be read (fallen off the bus, ...) is reported with `error`
+    and no handle, not silently dropped."""
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return _device(index, handle), handle
+    except pynvml.NVMLError as exc:
+        return {"index": index, "error": "NVML error %s: %s" % (getattr(exc, "value", None), exc)}, None
+    except UNREADABLE_ANSWER as exc:  # UnicodeDecodeError is a ValueError
+        return {"index": index, "error": "NVML gave an unreadable answer (%s: %s)" % (type(exc).__name__, exc)}, None
+
+
+def _level(a, b):
+    """nvmlDeviceGetTopologyCommonAncestor, or None (read as the farthest) where it cannot be had for the pair."""
+    try:
+        return pynvml.nvmlDeviceGetTopologyCommonAncestor(a, b)
+    except (pynvml.NVMLError,) + UNREADABLE_ANSWER:
+        return None
+
+
+def _topology(handles):
+    """Pairwise common-ancestor levels, {i: {j: level}}, among the GPUs in `handles` ({index: handle}): those that
+    could be read. A lost GPU's handle would fail every pair it is in, and it cannot be chosen anyway."""
+    matrix = dict((i, {}) for i in handles)
+    for i in handles:
+        for j in handles:
             if i == j:
                 matrix[i][j] = 0
             elif j < i:
                 matrix[i][j] = matrix[j][i]
             else:
-                matrix[i][j] = _optional(pynvml.nvmlDeviceGetTopologyCommonAncestor, handles[i], handles[j])
+                matrix[i][j] = _level(handles[i], handles[j])
     return matrix
 
 
@@ -155,18 +178,17 @@ def _snapshot(indices, with_topology):
     try:
         count = pynvml.nvmlDeviceGetCount()
         wanted = range(count) if indices is None else [i for i in indices if 0 <= i < count]
-        devices = []
+        devices, handles = [], {}
         for index in wanted:
-            try:
-                devices.append(_device(index))
-            except pynvml.NVMLError as exc:
-                # A GPU that cannot be read (fallen off the bus, ...) is reported, not silently dropped.
-                devices.append({"index": index, "error": "NVML error %s: %s" % (getattr(exc, "value", None), exc)})
+            device, handle = _read(index)
+            devices.append(device)
+            if handle is not None:
+                handles[index] = handle
         return {
             "driver_version": _text(pynvml.nvmlSystemGetDriverVersion()),
             "count": count,
             "devices": devices,
-            "topology": _topology(count) if with_topology and count > 1 else None,
+            "topology": _topology(handles) if with_topology and len(handles) > 1 else None,
         }
     except pynvml.NVMLError as exc:
         raise _nvml_error(exc, "query")
@@ -181,4 +203,10 @@ def snapshot(timeout=10.0, indices=None, with_topology=False):
     """Every GPU (or those in `indices`) as a dict of plain values, read through NVML within `timeout` seconds."""
     if pynvml is None:
         raise NvmlError("the nvidia-ml-py library (import pynvml) is not installed on this host")
-    return run_with_deadline(lambda: _snapshot(indices, with_topology), timeout, "NVML")
+    try:
+        return run_with_deadline(lambda: _snapshot(indices, with_topology), timeout, "NVML")
+    except NvmlError:
+        raise
+    except Exception as exc:  # pylint: disable=broad-except
+        # A ctypes binding over a broken driver can raise anything; callers are promised NvmlError only.
+        raise NvmlError("NVML query failed: %s: %s" % (type(exc).__name__, exc))

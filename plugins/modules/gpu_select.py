@@ -17,6 +17,9 @@ description:
   - Skips GPUs that are excluded, have uncorrected volatile ECC errors, run MIG, lack free memory, are too
     busy, or (with O(require_idle)) run compute processes. Every GPU in the result says why it was or was
     not chosen.
+  - A GPU that cannot be read (lost to NVML, a value C(nvidia-smi) prints as C([Unknown Error]) or
+    C([GPU requires reset]), no UUID, or listed twice with different readings) is listed as unreadable and never
+    chosen; the other GPUs stay selectable.
   - "Backends, tried in order with O(backend=auto): NVML in-process (nvidia-ml-py), the C(nvidia-smi) CSV
     query, and C(nvidia-smi) inside C(docker run --gpus all) when O(docker_image) is given. Each is bounded by
     O(timeout). When none works the module fails and says what each backend tried and why it failed: it never
@@ -189,6 +192,8 @@ attempts:
 devices:
   description:
     - Every GPU with its stats, C(selected), C(eligible), and C(reasons) (why it was not picked).
+    - A GPU that could not be read has C(error) instead of its stats, and a null C(index) when even that was
+      unreadable.
   returned: when a backend observed the GPUs
   type: list
   elements: dict
