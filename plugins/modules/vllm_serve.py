@@ -24,7 +24,8 @@ description:
     naming the smallest tensor-parallel size that fits). GPUs held by other processes are refused."
   - Secrets never reach a command line, the environment, C(ps), C(docker inspect), unit files or the task output.
     API keys go to vLLM through a C(--config) file and the Hugging Face token through C(HF_TOKEN_PATH), both
-    0600 in the instance's secrets directory.
+    0600 in the instance's secrets directory, C(<config_dir>/secrets/<name>), 0700 and owned by whoever runs vLLM.
+    A symlink in the place of any file written is replaced, never followed.
   - Idempotent. A changed configuration (arguments, environment, image, GPUs, keys) recreates the container or
     rewrites the unit and restarts it. Diff mode shows the arguments, the environment (values masked) and the
     image.
@@ -485,27 +486,33 @@ class VllmServe(object):
     def owner(self):
         return _files.owner_ids(self.p["service_user"]) if self.p["backend"] == "venv" else (0, 0)
 
+    def secrets_dir(self):
+        """The instance's secrets directory, 0700 and owned by who runs vLLM; an older, looser one is tightened."""
+        uid, gid = self.owner()
+        try:
+            return _files.ensure_dir(self.spec.secrets_dir, 0o700, uid, gid, self.check_mode)
+        except _files.FileError as exc:
+            self.fail("config_dir: the secrets directory %s" % exc)
+
     def salt(self):
         path = os.path.join(self.spec.secrets_dir, ".salt")
-        if os.path.exists(path):
-            with open(path) as handle:
-                return handle.read().strip().encode()
+        # Read without following a symlink: anything but the salt file itself is replaced by a new salt.
+        current = (_files.read(path) or "").strip()
+        if current:
+            return current.encode()
         value = os.urandom(16).hex()
         uid, gid = self.owner()
         if not self.check_mode:
-            _files.write(path, value + "\n", 0o600, uid, gid)
+            _files.write(path, value + "\n", 0o600, uid, gid, dir_mode=0o700)
         return value.encode()
 
     def write_files(self, environment):
         uid, gid = self.owner()
         wanted = self.spec.secret_files()
         changed = False
-        if wanted and not self.check_mode and not os.path.isdir(self.spec.secrets_dir):
-            os.makedirs(self.spec.secrets_dir, 0o700)
-            os.chown(self.spec.secrets_dir, uid, gid)
         for name, content in wanted.items():
             changed |= _files.write(os.path.join(self.spec.secrets_dir, name), content, 0o600, uid, gid,
-                                    self.check_mode)
+                                    self.check_mode, dir_mode=0o700)
         for name in ("serve-config.yaml", "hf_token"):
             if name not in wanted:
                 changed |= _files.remove(os.path.join(self.spec.secrets_dir, name), self.check_mode)
@@ -561,13 +568,18 @@ class VllmServe(object):
         self.validate()
         environment = self.spec.environment()
         image = p["image"]
-        secrets_digest = self.spec.secrets_digest(self.salt())
+        # Its own change: a tightened directory needs no restart, unlike a changed secrets file.
+        self.changed |= self.secrets_dir()
         extra = {"ipc_host": p["ipc_host"], "shm": p["shm_size_mib"], "restart": p["restart_policy"],
                  "publish": p["publish_address"], "hf_cache": p["hf_cache"], "log": p["log_max_size"],
                  "user": p["service_user"], "venv": p["venv_path"]}
-        config_hash = self.spec.config_hash(image, environment, extra, secrets_digest)
-        summary = self.spec.summary(image, environment)
-        files_changed = self.write_files(environment)
+        try:
+            secrets_digest = self.spec.secrets_digest(self.salt())
+            config_hash = self.spec.config_hash(image, environment, extra, secrets_digest)
+            summary = self.spec.summary(image, environment)
+            files_changed = self.write_files(environment)
+        except _files.FileError as exc:
+            self.fail(str(exc))
         health_start = self.spec.health_start_period(self.params_count)
         if p["backend"] == "docker":
             self.docker(image, environment, config_hash, summary, health_start, files_changed)
@@ -661,7 +673,7 @@ class VllmServe(object):
             elif not state["active"] and (p["state"] == "started" or unit_changed):
                 _systemd.systemctl("start", unit)
                 self.changed = True
-        except _systemd.SystemdError as exc:
+        except (_systemd.SystemdError, _files.FileError) as exc:
             self.fail(str(exc))
         self.result["unit"] = unit
 
