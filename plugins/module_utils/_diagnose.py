@@ -1,20 +1,32 @@
 # Copyright: inferops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One host's diagnostics for vLLM incidents, written as files with every secret masked."""
+"""One host's diagnostics for vLLM incidents, written as files with every secret masked.
+
+`dest` is checked before any probe runs, and then held open: every file is created inside that very directory
+(relative to its descriptor, never through a path that could have been swapped meanwhile), through a new file
+renamed into place, so that a symlink already in `dest` is replaced, never followed. The module runs as root:
+writing through a planted link would truncate whatever file it points to.
+"""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import json
 import os
 import re
+import stat
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _command, _vllm_health
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 
 XID = re.compile(r"NVRM: Xid")
 DMESG_LINES = 300
+
+
+class DestError(Exception):
+    """`dest` cannot be trusted or written. The message starts with "dest: " and says how to fix it."""
 
 
 def _run(argv, timeout):
@@ -55,7 +67,23 @@ def mark_xid(text):
 
 
 def collect(dest, instances, secrets, health_timeout=5, log_lines=500, timeout=30):
-    """Writes the diagnostics into `dest`; returns (files written, verdict per instance, top diagnosis)."""
+    """Writes the diagnostics into `dest`; returns (files written, verdict per instance, top diagnosis).
+
+    DestError, before any probe runs, when `dest` is not a private directory of this user (see open_dest).
+    """
+    dest = os.path.normpath(dest)
+    dest_fd = open_dest(dest)
+    try:
+        files, statuses, diagnoses = _gather(instances, secrets, health_timeout, log_lines, timeout)
+        for name, content in files.items():
+            write_file(dest_fd, dest, name, redact(content, secrets))
+    finally:
+        os.close(dest_fd)
+    top = diagnoses[0] if diagnoses else {"code": "none", "message": "no known failure found", "runbook": "-"}
+    return sorted(files), statuses, top
+
+
+def _gather(instances, secrets, health_timeout, log_lines, timeout):
     files = {}
     statuses = {}
     diagnoses = []
@@ -83,12 +111,96 @@ def collect(dest, instances, secrets, health_timeout=5, log_lines=500, timeout=3
         files[name] = _run(argv, timeout)
     files["dmesg-tail.txt"] = mark_xid(_run(["dmesg", "--ctime"], timeout))
     files["versions-vllm.txt"] = "\n".join(images) + "\n"
-    if not os.path.isdir(dest):
-        os.makedirs(dest, 0o700)
-    for name, content in files.items():
-        path = os.path.join(dest, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return files, statuses, diagnoses
+
+
+def open_dest(dest):
+    """A descriptor of `dest`, a private directory of this user: created 0700 when missing, refused otherwise.
+
+    Private means no access at all for group and others (mode & 0o077 == 0): what is collected is incident
+    evidence, and a directory others may write into is one where they can plant a link or swap a file.
+    `dest` comes normalized (collect does it): with a trailing "/" or "/." the kernel would follow a symlink
+    that O_NOFOLLOW is there to refuse.
+    """
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise DestError(_not_a_directory(dest, exc))
+        fd = _create(dest)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise DestError("dest: %s is owned by uid %d, not by this user (uid %d); name a new directory, which "
+                            "is created private, or one of your own with mode 0700" % (dest, st.st_uid,
+                                                                                       os.geteuid()))
+        if st.st_mode & 0o077:
+            raise DestError("dest: %s has mode %04o; it must be private (0700): `chmod 0700 %s`, or name a new "
+                            "directory, which is created private" % (dest, stat.S_IMODE(st.st_mode), dest))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _create(dest):
+    parent = os.path.dirname(os.path.abspath(dest))
+    try:
+        os.makedirs(parent, 0o755, exist_ok=True)
+        os.mkdir(dest, 0o700)
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ELOOP, errno.ENOTDIR):
+            # Something took the name between the check and the mkdir: judge what is there now.
+            return _open_existing(dest)
+        raise DestError("dest: %s could not be created: %s; name a directory this user may create" % (
+            dest, exc.strerror or exc))
+    os.fchmod(fd, 0o700)  # the umask may have left less; exactly 0700 is what the checks expect
+    return fd
+
+
+def _open_existing(dest):
+    try:
+        return os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise DestError(_not_a_directory(dest, exc))
+
+
+def _not_a_directory(dest, exc):
+    try:
+        st = os.lstat(dest)
+    except OSError:
+        return "dest: %s cannot be opened: %s" % (dest, exc.strerror or exc)
+    if stat.S_ISLNK(st.st_mode):
+        return ("dest: %s is a symlink; name the directory itself, or a new directory, which is created private"
+                % dest)
+    if not stat.S_ISDIR(st.st_mode):
+        return "dest: %s is a %s, not a directory; name a new directory, which is created private" % (
+            dest, "file" if stat.S_ISREG(st.st_mode) else "special file")
+    return "dest: %s cannot be opened: %s" % (dest, exc.strerror or exc)
+
+
+def write_file(dest_fd, dest, name, content):
+    """Writes `name`, 0600, into the directory `dest_fd`, replacing whatever had that name, following nothing."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        # Names are the module's own plus instance names, plain tokens by then; a path never gets this far.
+        raise DestError("dest: %r is not a plain file name; nothing was written for it" % name)
+    tmp = ".%s.%s.tmp" % (name, os.urandom(6).hex())
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dest_fd)
         with os.fdopen(fd, "w") as handle:
-            handle.write(redact(content, secrets))
-    top = diagnoses[0] if diagnoses else {"code": "none", "message": "no known failure found", "runbook": "-"}
-    return sorted(files), statuses, top
+            os.fchmod(fd, 0o600)  # exactly, whatever the umask took away
+            handle.write(content)
+        os.rename(tmp, name, src_dir_fd=dest_fd, dst_dir_fd=dest_fd)
+    except BaseException as exc:
+        _unlink_quietly(tmp, dest_fd)
+        if isinstance(exc, OSError):
+            raise DestError("dest: %s could not be written in %s: %s" % (name, dest, exc.strerror or exc))
+        raise
+
+
+def _unlink_quietly(name, dir_fd):
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass

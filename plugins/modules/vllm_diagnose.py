@@ -26,7 +26,11 @@ attributes:
     support: none
 options:
   dest:
-    description: Directory to write into (created 0700).
+    description:
+      - Directory to write into. A missing one is created 0700.
+      - An existing one must be a directory of the user the module runs as, private (no access for group and
+        others, as C(chmod 0700) leaves it), and not a symlink; anything else is refused before any probe runs.
+      - A file or symlink already in it under the name of a file written here is replaced, never written through.
     type: path
     required: true
   instances:
@@ -109,8 +113,11 @@ def main():
                                   port=_validate.port(field + ".port", port)))
     except _validate.InputError as exc:
         module.fail_json(msg=str(exc))
-    files, statuses, top = _diagnose.collect(p["dest"], instances, p["api_keys"],
-                                             health_timeout=p["health_timeout"], log_lines=p["log_lines"])
+    try:
+        files, statuses, top = _diagnose.collect(p["dest"], instances, p["api_keys"],
+                                                 health_timeout=p["health_timeout"], log_lines=p["log_lines"])
+    except _diagnose.DestError as exc:
+        module.fail_json(msg=str(exc))
     module.exit_json(changed=True, files=files, statuses=statuses, top=top, dest=p["dest"])
 
 
