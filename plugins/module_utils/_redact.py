@@ -42,9 +42,10 @@ _PATTERNS = (
     # PEM private keys: the only multi-line shape, bounded by its own markers (or the end of the text).
     (re.compile(r"(-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----)(.*?)(-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----|\Z)",
                 re.DOTALL), "pem"),
-    # Any Authorization scheme, as a header, in JSON or in a Python repr: the credentials go, the scheme stays.
+    # Any Authorization scheme, as a header, in JSON or in a Python repr: the credentials go, and a scheme stays
+    # only when it is a known one (an unknown first word may be the credential itself).
     (re.compile(r"""((?:proxy-)?authorization["']?[ \t]{0,8}[:=][ \t]{0,8})("[^"\r\n]*"|'[^'\r\n]*'|"""
-                r"""(?:[A-Za-z][\w.-]{0,30}[ \t]+)?[^\s"',;}]+)""", re.IGNORECASE), "header"),
+                r"""[^\s"',;}]+(?:[ \t]{1,8}[^\s"',;}]+)?)""", re.IGNORECASE), "header"),
     # Other credential headers: X-API-Key, api-key, X-Auth-Token, Cookie (curl -H, raw HTTP, reprs).
     (re.compile(r"""(%s(?:x-api-key|api-key|x-auth-token|x-access-token|cookie|set-cookie)["']?[ \t]{0,8}:"""
                 r"""[ \t]{0,8})(%s)""" % (_NAME_START, _VALUE), re.IGNORECASE), "value"),
@@ -88,14 +89,19 @@ def _mask_value(value):
     return MASK
 
 
+_SCHEMES = frozenset(("basic", "bearer", "digest", "token", "apikey", "api-key", "key", "negotiate", "ntlm", "hoba",
+                      "mutual", "vapid", "dpop", "oauth", "aws4-hmac-sha256", "scram-sha-1", "scram-sha-256",
+                      "sharedkey", "sharedaccesssignature", "splunk", "gsslogin", "googlelogin"))
+
+
 def _mask_header(match):
     name, value = match.group(1), match.group(2)
     if value[:1] in "'\"":
         return name + _mask_value(value)
-    scheme, _sep, credentials = value.rpartition(" ")
-    if not scheme:
-        return name + _mask_value(value)
-    return name + value[:len(value) - len(credentials)] + MASK
+    words = value.split(None, 1)
+    if len(words) == 2 and words[0].lower() in _SCHEMES:
+        return name + value[:len(value) - len(words[1])] + MASK
+    return name + MASK
 
 
 _QUOTED = re.compile(r""""(?:[^"\\\r\n]|\\[^\r\n])*"|'(?:[^'\\\r\n]|\\[^\r\n])*'""")
