@@ -227,12 +227,12 @@ class GpuSelector(object):
             self.module.fail_json(msg=str(exc))
         try:
             _validate.number("timeout", p["timeout"], 0, 3600, above_minimum=True)
+            _validate.number("count", p["count"], 1)
+            _validate.number("max_utilization", p["max_utilization"], 0, 100)
+            if p["docker_image"] is not None:
+                _validate.image_reference("docker_image", p["docker_image"])
         except _validate.InputError as exc:
             self.module.fail_json(msg=str(exc))
-        if p["count"] < 1:
-            self.module.fail_json(msg="count must be at least 1, got %d" % p["count"])
-        if p["max_utilization"] is not None and not 0 <= p["max_utilization"] <= 100:
-            self.module.fail_json(msg="max_utilization must be a percentage (0-100), got %d" % p["max_utilization"])
         return _gpu_select.Constraints(
             count=p["count"], min_free_memory_mib=min_free, max_utilization=p["max_utilization"],
             exclude=p["exclude"], require_idle=p["require_idle"], skip_ecc_errors=p["skip_ecc_errors"],

@@ -99,9 +99,11 @@ def test_not_enough_eligible_gpus_explains_each(busy_host):
 
 
 @pytest.mark.parametrize("args, message", [
-    ({"count": 0}, "count must be at least 1, got 0"),
+    ({"count": 0}, "count: 0 is out of range; give a number at least 1"),
     ({"min_free_memory": "40GX"}, "min_free_memory: '40GX' is not a size"),
     ({"exclude": ["12"]}, "exclude: 12 does not exist on this host"),
+    ({"max_utilization": 101}, "max_utilization: 101 is out of range; give a number at least 0 and at most 100"),
+    ({"backend": "docker", "docker_image": "--privileged"}, "docker_image: '--privileged' is not an image reference"),
 ])
 def test_bad_input_is_a_clear_error(host, args, message):
     result = run_module(host.name, "inferops.vllm.gpu_select", args)
