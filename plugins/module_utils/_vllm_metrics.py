@@ -6,6 +6,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import math
 import traceback
 
 try:
@@ -35,7 +36,7 @@ HISTOGRAMS = {
 
 
 class MetricsError(Exception):
-    pass
+    """/metrics cannot be read (not Prometheus text, no vLLM metric, no parser): the only error summarize raises."""
 
 
 def _families(text):
@@ -44,8 +45,20 @@ def _families(text):
                            "(pip install prometheus-client, or apt install python3-prometheus-client)")
     try:
         return dict((f.name, f) for f in text_string_to_metric_families(text))
-    except ValueError as exc:
-        raise MetricsError("/metrics is not valid Prometheus text: %s" % exc)
+    except Exception as exc:  # pylint: disable=broad-except
+        # The parser is another project's code fed a server's text: besides ValueError it raises whatever its
+        # indexing hits on malformed lines (IndexError, KeyError...). Every one of them means the same here.
+        # The message quotes the server's line whole: whoever reports it masks secrets first, then cuts.
+        raise MetricsError("/metrics is not valid Prometheus text: %s" % (str(exc) or type(exc).__name__))
+
+
+def _finite(value):
+    """A number for the report, or None: NaN and infinities are not JSON, and compare false with any threshold."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _pick(families, names):
@@ -57,18 +70,32 @@ def _pick(families, names):
 
 
 def _sum(family, suffix=""):
-    return sum(s.value for s in family.samples if s.name.endswith(suffix) and not s.name.endswith("_created"))
+    """The sum over the family's label sets; None when a value is not finite (the sum would not be either)."""
+    return _finite(sum(s.value for s in family.samples if s.name.endswith(suffix) and not s.name.endswith("_created")))
 
 
 def quantile(family, q):
-    """histogram_quantile over the whole life of the server (all label sets summed); None without samples."""
+    """histogram_quantile over the whole life of the server (all label sets summed); None without samples.
+
+    A bucket without a numeric `le` bound is not a bucket and is left out; a count that is not finite makes the
+    quantile unknown (None)."""
     buckets = {}
     for sample in family.samples:
         if sample.name.endswith("_bucket"):
-            bound = float(sample.labels["le"])
+            try:
+                bound = float(sample.labels.get("le", "nan"))
+            except ValueError:
+                continue
+            if math.isnan(bound):
+                continue
             buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    if not buckets:
+    if not buckets or not all(math.isfinite(count) for count in buckets.values()):
         return None
+    # Odd bounds (-Inf, 1e308) can still make the interpolation overflow.
+    return _finite(_interpolate(buckets, q))
+
+
+def _interpolate(buckets, q):
     bounds = sorted(buckets)
     total = buckets[bounds[-1]]
     if total <= 0:
