@@ -13,12 +13,32 @@ __metaclass__ = type
 import time
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _log_signatures, _nvml, _runtime, _vllm_metrics
+from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_client import Endpoint, ProbeError
 
 STATUSES = ("healthy", "degraded", "starting", "unhealthy", "down")
 FAILING = {"unhealthy": ("unhealthy", "down"), "degraded": ("degraded", "unhealthy", "down"), "never": ()}
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 DEFAULT_THRESHOLDS = {"max_waiting": 50, "max_kv_cache_usage": 0.95, "max_ttft_p99": 5.0, "max_tpot_p99": 0.1}
+# How much of a server's own text (an error body, a version, model ids) a report quotes.
+BODY_EXCERPT = 200
+SHORT_TEXT = 100
+MAX_MODELS = 20
+
+
+def version_of(data):
+    """The version in a /version answer ({"version": "0.33.0"}), or None for any other JSON value."""
+    version = data.get("version") if isinstance(data, dict) else None
+    return version if isinstance(version, str) and version.strip() else None
+
+
+def model_ids(data):
+    """The model ids in a /v1/models answer ({"data": [{"id": "..."}]}), skipping entries without a string id;
+    [] for any other JSON value."""
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [m["id"] for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]]
 
 
 class Config(object):
@@ -66,6 +86,12 @@ class Probe(object):
         """A deadline for one probe: a share of the budget, never past the overall deadline."""
         return min(self.deadline, time.monotonic() + max(1.0, self.config.timeout * share))
 
+    def _quote(self, text, limit=SHORT_TEXT):
+        """A server's text for the report: the key masked before the cut, or a cut could keep part of it (Ansible's
+        no_log masks only the whole key)."""
+        text = redact(text, self.config.secrets)
+        return text if len(text) <= limit else text[:limit] + "..."
+
     def _http(self, name, method, path, share=0.25, **kwargs):
         started = time.monotonic()
         try:
@@ -79,7 +105,8 @@ class Probe(object):
     # ---- individual probes ----
 
     def runtime(self):
-        lines = _runtime.tail(self.config.log_file, self.config.log_lines) if self.config.log_file else []
+        lines = _runtime.tail(self.config.log_file, self.config.log_lines, self.config.secrets) \
+            if self.config.log_file else []
         return self._runtime_state() + lines
 
     def _runtime_state(self):
@@ -88,7 +115,7 @@ class Probe(object):
         started = time.monotonic()
         try:
             state, lines = _runtime.read(self.config.runtime, self.config.name, self.config.log_lines,
-                                         max(1.0, min(5.0, self.deadline - started)))
+                                         max(1.0, min(5.0, self.deadline - started)), self.config.secrets)
         except _runtime.RuntimeErrorInfo as exc:
             self.checks["runtime"] = _check(False, started, str(exc))
             return []
@@ -134,13 +161,19 @@ class Probe(object):
         if got is None:
             return
         started, response = got
+        if response.status != 200:
+            self.checks["version"] = _check(False, started, "GET /version: %d" % response.status)
+            return
         try:
-            version = response.json().get("version") if response.status == 200 else None
-        except ValueError:
-            version = None
-        self.report["version"] = version
-        self.checks["version"] = _check(version is not None, started, "vLLM %s" % version if version else
-                                        "GET /version: %d" % response.status)
+            version = version_of(response.json())
+        except ValueError as exc:
+            self.checks["version"] = _check(False, started, "GET /version: 200, not JSON: %s" % self._quote(str(exc)))
+            return
+        if version is None:
+            self.checks["version"] = _check(False, started, 'GET /version: 200, no {"version": "..."} in the answer')
+            return
+        self.report["version"] = version = self._quote(version)
+        self.checks["version"] = _check(True, started, "vLLM %s" % version)
 
     def models(self):
         got = self._http("models", "GET", "/v1/models", auth=True)
@@ -154,20 +187,25 @@ class Probe(object):
                 "was rotated away.", "GET /v1/models -> 401", _log_signatures.RUNBOOKS + "rotate_api_key.yml"))
             return None
         try:
-            served = [m["id"] for m in response.json()["data"]] if response.status == 200 else []
-        except (ValueError, KeyError, TypeError):
+            served = model_ids(response.json()) if response.status == 200 else []
+        except ValueError:
             served = []
         if response.status != 200 or not served:
-            self.checks["models"] = _check(False, started, "GET /v1/models: %d, no model listed" % response.status)
+            self.checks["models"] = _check(False, started, "GET /v1/models: %d, no model listed" % response.status
+                                           + ("" if response.status != 200 else
+                                              ' (not {"data": [{"id": "<model>"}, ...]})'))
             return None
         wanted = self.config.model
         ok = wanted is None or wanted in served
-        detail = "serves %s" % ", ".join(served) if ok else "serves %s, not %s" % (", ".join(served), wanted)
-        self.checks["models"] = _check(ok, started, detail, served=served)
+        # The ids as reported: masked, each cut, and not too many (what the comparison used stays whole).
+        shown = [self._quote(m) for m in served[:MAX_MODELS]]
+        listed = ", ".join(shown) + (" and %d more" % (len(served) - MAX_MODELS) if len(served) > MAX_MODELS else "")
+        detail = "serves %s" % listed if ok else "serves %s, not %s" % (listed, wanted)
+        self.checks["models"] = _check(ok, started, detail, served=shown)
         if not ok:
             self.diagnosis.append(_diagnosis(
                 "model_not_served", "The server does not serve the expected model %s." % wanted,
-                "GET /v1/models -> %s" % ", ".join(served), _log_signatures.DOCS + "model-access"))
+                "GET /v1/models -> %s" % listed, _log_signatures.DOCS + "model-access"))
         return served[0] if ok and wanted is None else wanted
 
     def inference(self, model, health_status):
@@ -186,7 +224,7 @@ class Probe(object):
         ttft = response.timings.get("first_event_ms")
         ok = response.status == 200 and ttft is not None
         detail = "1-token completion: TTFT %.0f ms" % ttft if ok else "POST /v1/completions: %d %s" % (
-            response.status, response.text()[:200])
+            response.status, self._quote(response.text(), BODY_EXCERPT))
         self.checks["inference"] = _check(ok, started, detail, ttft_ms=ttft, status=response.status)
 
     def metrics(self):
@@ -200,7 +238,7 @@ class Probe(object):
         try:
             summary = _vllm_metrics.summarize(response.text())
         except _vllm_metrics.MetricsError as exc:
-            self.checks["metrics"] = _check(False, started, str(exc))
+            self.checks["metrics"] = _check(False, started, self._quote(str(exc), BODY_EXCERPT))
             return
         self.report["metrics"] = summary
         self.report["reasons"] = _vllm_metrics.threshold_reasons(summary, self.config.thresholds)

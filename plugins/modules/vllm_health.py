@@ -171,8 +171,10 @@ healthy:
   returned: always
   type: bool
 checks:
-  description: Each probe's C(ok), C(latency_ms) and C(detail) (tcp, health, version, models, inference, metrics,
-    gpus, runtime).
+  description:
+    - Each probe's C(ok), C(latency_ms) and C(detail) (tcp, health, version, models, inference, metrics, gpus,
+      runtime).
+    - What a server sent (an error body, a status line, model ids) is quoted with the API key masked, and cut.
   returned: always
   type: dict
   sample: {inference: {ok: true, latency_ms: 41.2, detail: "1-token completion: TTFT 38 ms", ttft_ms: 38.0}}
@@ -188,7 +190,9 @@ reasons:
   elements: str
   sample: [81 requests waiting > 50]
 metrics:
-  description: Gauges, counters and p99 latencies read from C(/metrics), with the metric each came from.
+  description:
+    - Gauges, counters and p99 latencies read from C(/metrics), with the metric each came from.
+    - A value is null when the server does not export the metric, or exports NaN or an infinity.
   returned: when /metrics was read
   type: dict
   sample: {num_requests_running: 3, num_requests_waiting: 0, kv_cache_usage: 0.12, ttft_p99_s: 0.24}
@@ -205,7 +209,7 @@ diagnosis:
   sample: [{code: cuda_oom, message: The GPU ran out of memory..., evidence: "torch.OutOfMemoryError: CUDA out of
     memory...", runbook: playbooks/runbooks/oom_recover.yml}]
 version:
-  description: vLLM's version from C(/version).
+  description: vLLM's version from C(/version); null when C(/version) gave none (the C(version) check says why).
   returned: always
   type: str
   sample: 0.33.0

@@ -82,6 +82,8 @@ class FakeVllm(object):
         self.hang = False
         self.key = None
         self.waiting = "0.0"
+        # (method, path) -> (status, body): what a broken or hostile server answers instead.
+        self.answers = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -100,7 +102,16 @@ class FakeVllm(object):
             def authorized(self):
                 return fake.key is None or self.headers.get("Authorization") == "Bearer %s" % fake.key
 
+            def answer(self):
+                got = fake.answers.get((self.command, self.path))
+                if got is None:
+                    return False
+                self.reply(*got)
+                return True
+
             def do_GET(self):
+                if self.answer():
+                    return
                 if self.path == "/health":
                     return self.reply(fake.health_status)
                 if self.path == "/version":
@@ -115,6 +126,8 @@ class FakeVllm(object):
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.answer():
+                    return
                 while fake.hang:
                     time.sleep(0.05)
                 chunks = [b'data: {"choices": [{"text": "x"}]}\n\n', b"data: [DONE]\n\n"]
@@ -129,7 +142,8 @@ class FakeVllm(object):
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll interval: shutdown() waits for it, at every test's end.
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self):
         self.hang = False
@@ -277,3 +291,91 @@ def test_tls_with_a_private_ca(tmp_path):
         assert "certificate verification failed" in refused["checks"]["health"]["detail"]
     finally:
         fake.close()
+
+
+# ---- broken and hostile answers: a clear failed check, never a traceback, never a piece of the key ----
+
+KEY = "sk-" + "0123456789abcdefghijklmnopqrstuvwxyz"  # 39 characters, like a real key
+
+
+def leaked_pieces(text, secret=KEY, size=8):
+    """The pieces of `secret` (size characters or more) that `text` still holds."""
+    return [secret[i:i + size] for i in range(len(secret) - size + 1) if secret[i:i + size] in text]
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"42", b"null", b'"0.33.0"', b'{"version": 5}', b'{"version": null}',
+                                  b"[" * 100000 + b"]" * 100000, b"\xff\xfe", b"{"])
+def test_a_version_that_is_not_a_version_object_fails_the_check(fake, body):
+    fake.answers[("GET", "/version")] = (200, body)
+    report = vh.probe(config(fake.url), with_gpus=False)
+    assert report["version"] is None
+    assert report["checks"]["version"]["ok"] is False
+    assert report["checks"]["version"]["detail"].startswith("GET /version: 200, ")
+    assert report["status"] == "healthy"  # the version is information, not a verdict
+
+
+@pytest.mark.parametrize("data", [[{"id": 1}], [{"id": ["m"]}], [{"id": None}], [{"id": {"x": 1}}], "m", {"id": "m"},
+                                  [["m"]], None])
+def test_models_without_a_string_id_are_no_model_listed(fake, data):
+    fake.answers[("GET", "/v1/models")] = (200, json.dumps({"data": data}).encode())
+    report = vh.probe(config(fake.url), with_gpus=False)
+    assert report["status"] == "unhealthy"
+    assert report["checks"]["models"]["ok"] is False
+    assert "no model listed" in report["checks"]["models"]["detail"]
+
+
+def test_ids_that_are_not_strings_are_skipped_and_the_rest_served(fake):
+    fake.answers[("GET", "/v1/models")] = (200, json.dumps({"data": [{"id": 7}, {"id": "m"}]}).encode())
+    report = vh.probe(config(fake.url, model="m"), with_gpus=False)
+    assert report["status"] == "healthy", report
+    assert report["checks"]["models"]["served"] == ["m"]
+
+
+def test_deeply_nested_models_are_no_model_listed(fake):
+    fake.answers[("GET", "/v1/models")] = (200, b'{"data": ' + b"[" * 100000 + b"]" * 100000 + b"}")
+    report = vh.probe(config(fake.url), with_gpus=False)
+    assert report["checks"]["models"]["ok"] is False and report["status"] == "unhealthy"
+
+
+def test_non_finite_metrics_are_null_and_the_report_is_strict_json(fake):
+    text = (METRICS_033 % {"waiting": "NaN"}).replace("} 2.0", "} +Inf")
+    text = text.replace('le="1.0",model_name="m"} 99.0', 'le="1.0",model_name="m"} NaN')
+    fake.answers[("GET", "/metrics")] = (200, text.encode())
+    report = vh.probe(config(fake.url), with_gpus=False)
+    assert report["metrics"]["num_requests_waiting"] is None
+    assert report["metrics"]["num_requests_running"] is None
+    assert report["metrics"]["ttft_p99_s"] is None
+    assert report["metrics"]["kv_cache_usage"] == 0.5
+    assert report["checks"]["metrics"]["detail"] == "n/a running, n/a waiting, KV cache 50%"
+    json.dumps(report, allow_nan=False)
+
+
+def test_an_error_body_that_echoes_the_key_is_masked_before_it_is_cut(fake):
+    # Cut first, the 200 characters would end inside the key: Ansible's no_log masks only the whole key.
+    fake.answers[("POST", "/v1/completions")] = (400, ("x" * 170 + " bad key " + KEY + " " + "y" * 100).encode())
+    report = vh.probe(config(fake.url, api_key=KEY), with_gpus=False)
+    detail = report["checks"]["inference"]["detail"]
+    assert detail.startswith("POST /v1/completions: 400 xxx") and "********" in detail
+    assert leaked_pieces(json.dumps(report)) == []
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/version", json.dumps({"version": "v" * 90 + KEY})),
+    ("/v1/models", json.dumps({"data": [{"id": "m" * 180 + KEY}]})),
+])
+def test_server_strings_are_masked_before_they_are_cut(fake, path, body):
+    fake.answers[("GET", path)] = (200, body.encode())
+    report = vh.probe(config(fake.url, api_key=KEY), with_gpus=False)
+    assert leaked_pieces(json.dumps(report)) == []
+
+
+def test_a_long_log_line_cannot_leak_a_piece_of_the_key(fake, tmp_path):
+    # The log scan looks at the first and last 4 KiB of a long line: a key across that cut must not come out.
+    last_4k = (KEY[20:] + " torch.OutOfMemoryError: CUDA out of memory ").ljust(4096, "q")
+    line = "z" * 6000 + " --api-key " + KEY[:20] + last_4k
+    log = tmp_path / "vllm.log"
+    log.write_text("Loading safetensors checkpoint shards:  40% Completed | 2/5 " + KEY + "\n" + line + "\n")
+    report = vh.probe(config(fake.url, api_key=KEY, log_file=str(log)), with_gpus=False)
+    assert [d["code"] for d in report["diagnosis"]] == ["cuda_oom"]
+    assert report["progress"]["loading"]["percent"] == 40
+    assert leaked_pieces(json.dumps(report)) == []
