@@ -531,3 +531,41 @@ def test_any_log_file_gives_bounded_lines(tmp_path_factory, content, lines):
     got = _runtime.tail(str(log), lines)
     assert isinstance(got, list) and len(got) <= lines
     assert all(isinstance(line, str) and len(line) <= 2 * _runtime.LINE_EDGE + 10 for line in got)
+
+
+class FakeContainer(object):
+    attrs = {"State": {"Running": True, "Status": "running"}, "RestartCount": 1}
+
+    def logs(self, **kwargs):
+        assert kwargs["stream"] is True and kwargs["follow"] is False  # a bounded read, not a follow
+        return iter([b"old line\nloading ", ("shards " + KEY + " done\n").encode(), b"x" * 100000 + b"\n"])
+
+
+class FakeDocker(object):
+    def __init__(self, failure=None):
+        self.failure = failure
+        self.containers = self
+
+    def get(self, _name):
+        if self.failure:
+            raise self.failure
+        return FakeContainer()
+
+
+@pytest.mark.skipif(_runtime.docker is None, reason="no docker SDK")
+def test_docker_logs_are_masked_and_clipped(monkeypatch):
+    monkeypatch.setattr(_runtime.docker, "from_env", lambda timeout: FakeDocker())
+    state, lines = _runtime.read("docker", "c", 2, 5.0, secrets=[KEY])
+    assert state["running"] is True and state["restart_count"] == 1
+    assert lines[0] == "loading shards ******** done" and len(lines[1]) <= 2 * _runtime.LINE_EDGE + 10
+
+
+@pytest.mark.skipif(_runtime.docker is None, reason="no docker SDK")
+def test_a_docker_read_timeout_is_a_runtime_error(monkeypatch):
+    import requests
+
+    # requests' errors are not DockerExceptions: the SDK lets a read timeout through as is.
+    slow = FakeDocker(requests.exceptions.ReadTimeout("slow"))
+    monkeypatch.setattr(_runtime.docker, "from_env", lambda timeout: slow)
+    with pytest.raises(_runtime.RuntimeErrorInfo, match="Docker API: slow"):
+        _runtime.read("docker", "c", 2, 5.0)
