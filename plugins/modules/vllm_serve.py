@@ -325,9 +325,10 @@ import re
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.inferops.vllm.plugins.module_utils import (
-    _command, _files, _instance_procs, _nvml, _systemd, _validate, _vllm_docker, _vllm_flags, _vllm_planner,
-    _vllm_spec, _vllm_units,
+    _command, _files, _instance_procs, _nvml, _systemd, _validate, _vllm_docker, _vllm_flags, _vllm_input,
+    _vllm_planner, _vllm_spec, _vllm_units,
 )
+from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 
 VERSION_CODE = "import importlib.metadata as m; print(m.version('vllm'))"
 # In an image, vLLM may live in the system Python or in a virtualenv: ask the Python of the `vllm` command first.
@@ -351,7 +352,9 @@ class VllmServe(object):
         self.params_count = None
 
     def fail(self, msg, **extra):
-        self.module.fail_json(msg=msg, changed=self.changed, **extra)
+        # Docker's and systemd's answers can quote what they were given; the keys are masked in every shape.
+        secrets = list(self.p.get("api_keys") or []) + [self.p.get("hf_token")]
+        self.module.fail_json(msg=redact(msg, secrets), changed=self.changed, **extra)
 
     # ---- validation, before anything changes ----
 
@@ -526,37 +529,11 @@ class VllmServe(object):
 
     # ---- run ----
 
-    # Texts that reach a unit file, an env file, a command line or a file path.
-    SINGLE_LINE = ("model", "served_model_name", "image", "quantization", "dtype", "kv_cache_dtype", "download_dir",
-                   "hf_cache", "host", "publish_address", "ssl_certfile", "ssl_keyfile", "ssl_ca_certs",
-                   "vllm_version", "log_max_size", "service_user", "venv_path", "config_dir")
-    # (option, minimum, maximum, above the minimum)
-    NUMBERS = (("gpu_memory_utilization", 0, 1, True), ("tensor_parallel_size", 1, None, False),
-               ("pipeline_parallel_size", 1, None, False), ("max_model_len", 1, None, False),
-               ("max_num_seqs", 1, None, False), ("max_num_batched_tokens", 1, None, False),
-               ("shm_size_mib", 1, None, False), ("health_start_period", 0, None, False),
-               ("stop_timeout", 0, None, False))
-
     def check_input(self):
-        """Refuses hostile or broken values before anything is read or touched, the name first: it becomes
-        paths that state=absent deletes."""
-        p = self.p
+        """Refuses hostile or broken values before anything is read or touched (the checks the vllm role also runs
+        on its instances)."""
         try:
-            _validate.instance_name("name", p["name"])
-            for field in self.SINGLE_LINE:
-                _validate.single_line(field, p[field])
-            for index, key in enumerate(p["api_keys"]):
-                _validate.single_line("api_keys[%d]" % index, key)
-            _validate.single_line("hf_token", p["hf_token"])
-            _validate.gpu_ids("gpus", p["gpus"])
-            _validate.environment("env", p["env"])
-            for host_path, inside in p["model_path_map"].items():
-                _validate.single_line("model_path_map", host_path)
-                _validate.single_line("model_path_map.%s" % host_path, inside)
-            _validate.port("port", p["port"])
-            for field, minimum, maximum, above in self.NUMBERS:
-                _validate.number(field, p[field], minimum, maximum, above_minimum=above)
-            _validate.argument_values("extra_args", p["extra_args"])
+            _vllm_input.check(self.p)
         except _validate.InputError as exc:
             self.fail(str(exc))
 

@@ -57,6 +57,9 @@ def test_vllm_serve_absent_with_a_path_as_name_deletes_nothing(victim, name):
     ({"gpus": ["-1"]}, "gpus"),
     ({"pipeline_parallel_size": 0}, "pipeline_parallel_size"),
     ({"gpu_memory_utilization": float("nan")}, "gpu_memory_utilization"),
+    ({"image": "--privileged"}, "image"),
+    ({"image": IMAGE + " -v /:/host"}, "image"),
+    ({"model_path_map": {"/models/tiny": "/models/x\nExecStartPre=/bin/true"}}, "model_path_map./models/tiny"),
 ])
 def test_vllm_serve_refuses_hostile_values_before_writing_anything(host, args, field):
     base = {"name": "hostile", "image": IMAGE, "pull": "never", "model": "facebook/opt-125m", "gpus": ["2"],
@@ -98,6 +101,7 @@ def test_vllm_diagnose_takes_a_templated_port_as_text(host):
     ("inferops.vllm.vllm_health", {"url": "http://127.0.0.1:9", "timeout": "inf"}, "timeout"),
     ("inferops.vllm.vllm_health", {"url": "http://127.0.0.1:9", "api_key": "k\r\nX-Injected: 1"}, "api_key"),
     ("inferops.vllm.gpu_select", {"timeout": "nan"}, "timeout"),
+    ("inferops.vllm.gpu_select", {"min_free_memory": "9" * 309}, "min_free_memory"),
     ("inferops.vllm.vllm_gpu_reclaim", {"instance": "../x", "gpus": ["0"]}, "instance"),
     ("inferops.vllm.vllm_gpu_reclaim", {"instance": "x", "gpus": ["0"], "timeout": "-inf"}, "timeout"),
 ])
