@@ -242,10 +242,13 @@ _PROGRESS = re.compile(r"Loading (?:safetensors|pt) checkpoint shards:\s{0,8}(\d
                        r"(\d{1,6})")
 
 
-def _window(line):
-    """The part of a line worth searching: all of it, or its first and last few KiB."""
+def _window(line, secrets=None):
+    """The part of a line worth searching: all of it, or its first and last few KiB. With `secrets` (a list, maybe
+    empty) the line is redacted before the cut, which could otherwise leave a part of a secret no pattern knows."""
     if not isinstance(line, str):
         line = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
+    if secrets is not None:
+        line = redact(line, secrets)
     if len(line) > 2 * _EDGE:
         return line[:_EDGE] + " [...] " + line[-_EDGE:]
     return line
@@ -295,7 +298,7 @@ def scan(lines, secrets=()):
     hits = {}  # code -> [entry rank, line index, text, pattern, is_source]
     details = {}  # code -> the groups of its detail pattern, from the last line that has them
     for index, line in enumerate(lines):
-        text = _window(line)
+        text = _window(line, secrets)
         said = None
         for rank, (code, pattern, _message_text, _runbook) in enumerate(SIGNATURES):
             if not pattern.search(text):
@@ -354,7 +357,7 @@ def progress(lines, secrets=()):
     last = -1
     loading = None
     for index, line in enumerate(lines):
-        text = _window(line)
+        text = _window(line, secrets)
         name = _phase(text)
         if name is None:
             continue

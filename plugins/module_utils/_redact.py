@@ -56,8 +56,11 @@ _PATTERNS = (
                 r"""(?:"(?!-)(?:[^"\\\r\n]|\\[^\r\n])*"|'(?!-)(?:[^'\\\r\n]|\\[^\r\n])*'))+)""",
                 re.IGNORECASE), "json-argv"),
     # Command lines: --api-key K1 K2 (several keys until the next flag), --api_key=K, --hf-token K, --password K.
-    (re.compile(r"(%s--?api[-_]key(?:=|[ \t]{1,8}))(%s(?:[ \t]{1,8}(?!-)%s)*)" % (_NAME_START, _VALUE, _VALUE),
-                re.IGNORECASE), "value"),
+    # A further value is a whole word without ':', so a log line's own text after the key ("--api-key K
+    # torch.OutOfMemoryError: ...") stays evidence.
+    (re.compile(r"(%s--?api[-_]key(?:=|[ \t]{1,8}))(%s(?:[ \t]{1,8}(?!-)%s(?=\s|\Z))*)"
+                % (_NAME_START, _VALUE, r"""(?:"[^"\r\n]*"|'[^'\r\n]*'|[^\s"',;&}\]):]+)"""), re.IGNORECASE),
+     "value"),
     (re.compile(r"(%s--?(?:hf[-_]token|token|password|passwd|secret|client[-_]secret)(?:=|[ \t]{1,8}))(%s)"
                 % (_NAME_START, _VALUE), re.IGNORECASE), "value"),
     # curl -u user:password / --user user:password

@@ -58,6 +58,15 @@ def single_line(field, value):
     return value
 
 
+def command_word(field, value):
+    """A name that becomes one argv word of docker or systemctl (a container, a unit): never read as an option."""
+    single_line(field, value)
+    if value is not None and str(value).startswith("-"):
+        raise InputError("%s: %s starts with '-' and would be read as an option; give the name itself"
+                         % (field, _shown(value)))
+    return value
+
+
 def env_name(field, name):
     if not isinstance(name, str) or not _ENV_NAME.match(name):
         raise InputError("%s: %s is not an environment variable name; use letters, digits and '_', not starting "

@@ -231,6 +231,7 @@ waited_s:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _runtime, _validate, _vllm_health, _vllm_metrics
+from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 
 
 def main():
@@ -272,8 +273,10 @@ def main():
         _validate.number("log_lines", p["log_lines"], 0, 100000)
         for name, value in sorted(p["thresholds"].items()):
             _validate.number("thresholds." + name, value, 0)
-        for field in ("url", "model", "api_key", "container", "unit"):
+        for field in ("url", "model", "api_key"):
             _validate.single_line(field, p[field])
+        _validate.command_word("container", p["container"])
+        _validate.command_word("unit", p["unit"])
     except _validate.InputError as exc:
         module.fail_json(msg=str(exc))
     if p["container"] and _runtime.docker is None:
@@ -289,7 +292,7 @@ def main():
             runtime=runtime, name=p["container"] or p["unit"], gpus=p["gpus"], log_lines=p["log_lines"],
             thresholds=p["thresholds"], log_file=p["log_file"])
     except (ValueError, IOError, OSError) as exc:
-        module.fail_json(msg="cannot set up the probe: %s" % exc)
+        module.fail_json(msg=redact("cannot set up the probe: %s" % exc, [p["api_key"]]))
 
     failure = None
     if p["wait_for"] == "healthy":
@@ -297,11 +300,14 @@ def main():
     else:
         report = _vllm_health.probe(config)
     report["changed"] = False
+    # The URL may carry a password (https://user:pass@...), and the details quote the server.
+    secrets = [p["api_key"]]
     if failure:
-        module.fail_json(msg="%s is not serving: %s; status %s%s" % (p["url"], failure, report["status"],
-                                                                     _summary(report)), **report)
+        module.fail_json(msg=redact("%s is not serving: %s; status %s%s" % (
+            p["url"], failure, report["status"], _summary(report)), secrets), **report)
     if report["status"] in _vllm_health.FAILING[p["fail_on"]]:
-        module.fail_json(msg="%s is %s%s" % (p["url"], report["status"], _summary(report)), **report)
+        module.fail_json(msg=redact("%s is %s%s" % (p["url"], report["status"], _summary(report)), secrets),
+                         **report)
     module.exit_json(**report)
 
 

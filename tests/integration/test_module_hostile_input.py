@@ -100,6 +100,7 @@ def test_vllm_diagnose_takes_a_templated_port_as_text(host):
      "start_period"),
     ("inferops.vllm.vllm_health", {"url": "http://127.0.0.1:9", "timeout": "inf"}, "timeout"),
     ("inferops.vllm.vllm_health", {"url": "http://127.0.0.1:9", "api_key": "k\r\nX-Injected: 1"}, "api_key"),
+    ("inferops.vllm.vllm_health", {"url": "http://127.0.0.1:9", "unit": "--all"}, "unit"),
     ("inferops.vllm.gpu_select", {"timeout": "nan"}, "timeout"),
     ("inferops.vllm.gpu_select", {"min_free_memory": "9" * 309}, "min_free_memory"),
     ("inferops.vllm.vllm_gpu_reclaim", {"instance": "../x", "gpus": ["0"]}, "instance"),

@@ -413,3 +413,20 @@ def test_port_holder_names_the_listening_process():
         assert pid == os.getpid() and comm
     finally:
         listener.close()
+
+
+def test_a_long_line_is_redacted_before_it_is_cut_so_no_piece_of_a_token_survives():
+    token = "hf_" + "Q" * 40
+    head = "x" * (ls._EDGE - 11) + " " + token  # the first window ends 7 characters into the token
+    tail = " torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB"
+    tail += " " * (ls._EDGE - len(tail))
+    found = ls.scan([head + "y" * 50 + tail])
+    assert found and found[0]["code"] == "cuda_oom"
+    assert "hf_QQQ" not in str(found)
+
+
+def test_a_known_key_cut_by_the_window_leaves_no_piece():
+    key = "Zq7vN2xK9pL4mW8rT1yB6cD3"
+    line = "x" * (ls._EDGE - 8) + key + "y" * (ls._EDGE + 20) + " RuntimeError: CUDA error: out of memory " + key
+    found = ls.scan([line], secrets=[key])
+    assert found and all(key[i:i + 6] not in str(found) for i in range(len(key) - 5))

@@ -186,6 +186,11 @@ def test_several_keys_after_one_flag_all_go_and_the_next_flag_stays():
     assert masked.endswith("--port 8000")
 
 
+def test_the_text_of_a_log_line_after_a_key_stays_evidence():
+    masked = redact("ERROR --api-key key-one-123 torch.OutOfMemoryError: CUDA out of memory")
+    assert masked == "ERROR --api-key " + MASK + " torch.OutOfMemoryError: CUDA out of memory"
+
+
 def test_the_authorization_scheme_stays_readable():
     assert redact("Authorization: Bearer abc.def.ghi") == "Authorization: Bearer " + MASK
     assert redact("Authorization: Basic dXNlcjpwYXNz") == "Authorization: Basic " + MASK

@@ -89,7 +89,7 @@ def test_only_input_error_comes_out(value):
                   lambda v: _validate.image_reference("f", v),
                   lambda v: _validate.gpu_ids("f", v), lambda v: _validate.environment("f", v),
                   lambda v: _validate.argument_values("f", v), lambda v: _validate.texts("f", v),
-                  lambda v: _validate.text_mapping("f", v)):
+                  lambda v: _validate.text_mapping("f", v), lambda v: _validate.command_word("f", v)):
         try:
             check(value)
         except InputError:
@@ -184,3 +184,10 @@ def test_an_accepted_image_never_reads_as_a_flag_or_holds_a_space(image):
 def test_containers_of_the_wrong_kind_are_refused_by_name(check, value, message):
     with pytest.raises(InputError, match="^" + re.escape(message) + "$"):
         check("gpus", value)
+
+
+@pytest.mark.parametrize("name", ["--all", "-H", "-"])
+def test_a_container_or_unit_name_cannot_be_an_option(name):
+    with pytest.raises(InputError, match="^unit: .* starts with '-' and would be read as an option"):
+        _validate.command_word("unit", name)
+    assert _validate.command_word("unit", "vllm-chat.service") == "vllm-chat.service"
