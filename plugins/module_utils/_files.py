@@ -147,8 +147,17 @@ def _unlink_quietly(path):
 
 
 def remove(path, check_mode=False):
-    if not os.path.lexists(path):
+    """Removes the file (or a symlink in its place); returns whether anything was there. A directory in its place is
+    someone else's doing and is refused, not emptied."""
+    try:
+        st = os.lstat(path)
+    except OSError:
         return False
+    if stat.S_ISDIR(st.st_mode):
+        raise FileError("%s is a directory, not the file this module manages; move it away and run again" % path)
     if not check_mode:
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise FileError("%s could not be removed: %s" % (path, exc.strerror or exc))
     return True

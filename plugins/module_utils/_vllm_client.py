@@ -76,6 +76,9 @@ class Endpoint(object):
             raise ValueError("url: %r is not %s (%s)" % (url, example, exc))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("url: %r is not %s" % (url, example))
+        if port == 0:
+            # urlsplit reads ":0" as port 0, and `port or 80` would then probe port 80 without a word.
+            raise ValueError("url: %r names port 0; give the port the server listens on (1-65535)" % url)
         self.url = url.rstrip("/")
         self.tls = parts.scheme == "https"
         self.host = _ascii_host(url, parts.hostname)

@@ -625,7 +625,7 @@ class VllmServe(object):
         content = _vllm_units.unit_content(self.spec, image, health_start, config_hash)
         try:
             _systemd.verify(unit, content)
-            before = open(path).read() if os.path.exists(path) else ""
+            before = _files.read(path) or ""
             self.diff["before"] = {"unit": before}
             self.diff["after"] = {"unit": content, "summary": summary}
             unit_changed = _files.write(path, content, 0o644, 0, 0, self.check_mode)
@@ -679,10 +679,14 @@ class VllmServe(object):
                         _systemd.systemctl("daemon-reload")
         except (_vllm_docker.DockerBackendError, _systemd.SystemdError) as exc:
             self.fail(str(exc))
-        for name in ("serve-config.yaml", "hf_token", ".salt"):
-            self.changed |= _files.remove(os.path.join(spec.secrets_dir, name), self.check_mode)
-        self.changed |= _files.remove(spec.env_file, self.check_mode)
-        if not self.check_mode and os.path.isdir(spec.secrets_dir) and not os.listdir(spec.secrets_dir):
+        try:
+            for name in ("serve-config.yaml", "hf_token", ".salt"):
+                self.changed |= _files.remove(os.path.join(spec.secrets_dir, name), self.check_mode)
+            self.changed |= _files.remove(spec.env_file, self.check_mode)
+        except _files.FileError as exc:
+            self.fail(str(exc))
+        if not self.check_mode and os.path.isdir(spec.secrets_dir) and not os.path.islink(spec.secrets_dir) \
+                and not os.listdir(spec.secrets_dir):
             os.rmdir(spec.secrets_dir)
         return self.finish()
 

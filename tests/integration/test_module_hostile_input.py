@@ -111,3 +111,15 @@ def test_non_finite_numbers_and_hostile_texts_are_refused_at_once(module, args, 
     assert result.failed and result["msg"].startswith(field + ": "), result
     assert "Traceback" not in json.dumps(result)
     assert result.elapsed < 20
+
+
+def test_vllm_serve_absent_refuses_a_directory_planted_in_place_of_its_env_file(host):
+    host.sh("mkdir -p /etc/vllm/planted.env && echo keep > /etc/vllm/planted.env/inside")
+    try:
+        result = run_module(host.name, "inferops.vllm.vllm_serve", {"name": "planted", "state": "absent",
+                                                                    "backend": "systemd"})
+        assert result.failed and "/etc/vllm/planted.env is a directory, not the file" in result["msg"], result
+        assert "Traceback" not in json.dumps(result)
+        assert host.sh("cat /etc/vllm/planted.env/inside").stdout == "keep\n"
+    finally:
+        host.sh("rm -rf /etc/vllm/planted.env")

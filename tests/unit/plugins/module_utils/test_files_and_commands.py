@@ -137,6 +137,24 @@ def test_read_never_follows_a_symlink(tmp_path):
     assert _files.read(str(tmp_path / "plain")) == "abc\n"
 
 
+def test_remove_takes_a_symlink_away_and_leaves_its_target(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "link").symlink_to(victim)
+    assert _files.remove(str(tmp_path / "link")) is True
+    assert not os.path.lexists(str(tmp_path / "link")) and victim.read_text() == "keep"
+    assert _files.remove(str(tmp_path / "link")) is False
+
+
+def test_remove_refuses_a_directory_in_place_of_the_file(tmp_path):
+    planted = tmp_path / "vllm-chat.env"
+    planted.mkdir()
+    (planted / "inside").write_text("keep")
+    with pytest.raises(_files.FileError, match="vllm-chat.env is a directory, not the file this module manages"):
+        _files.remove(str(planted))
+    assert (planted / "inside").read_text() == "keep"
+
+
 def test_a_secrets_directory_write_creates_it_0700_and_owned_like_the_file(tmp_path):
     secrets = tmp_path / "secrets" / "llama"
     _files.write(str(secrets / ".salt"), "salt\n", 0o600, NOBODY, NOBODY, dir_mode=0o700)

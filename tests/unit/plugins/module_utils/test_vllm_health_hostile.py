@@ -153,6 +153,11 @@ def test_a_bad_url_is_a_config_error_naming_the_url(url):
         vh.Config(url)
 
 
+def test_port_zero_is_refused_not_probed_as_port_80():
+    with pytest.raises(ValueError, match=r"^url: 'http://127.0.0.1:0' names port 0; give the port the server"):
+        vh.Config("http://127.0.0.1:0")
+
+
 def test_an_idn_host_is_sent_as_punycode():
     endpoint = vc.Endpoint("http://b\u00fccher.example:8000")
     assert endpoint.host == "xn--bcher-kva.example"
