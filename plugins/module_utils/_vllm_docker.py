@@ -38,7 +38,8 @@ class DockerBackendError(Exception):
 def _call(what, func, *args, **kwargs):
     try:
         return func(*args, **kwargs)
-    except (APIError, DockerException) as exc:
+    # requests' errors (a read timeout, a refused socket) are OSErrors that the SDK does not wrap.
+    except (APIError, DockerException, OSError) as exc:
         raise DockerBackendError("Docker API, %s: %s" % (what, exc))
 
 
@@ -55,23 +56,33 @@ class DockerInstance(object):
             return self.client.containers.get(self.spec.container_name)
         except NotFound:
             return None
-        except (APIError, DockerException) as exc:
+        except (APIError, DockerException, OSError) as exc:
             raise DockerBackendError("Docker API, reading container %s: %s" % (self.spec.container_name, exc))
 
+    # A container of this name may be anyone's: its labels and state are read as whatever shape they have.
     @staticmethod
-    def current_hash(container):
-        return (container.labels or {}).get(LABEL_PREFIX + "config-hash")
+    def _labels(container):
+        labels = getattr(container, "labels", None)
+        return labels if isinstance(labels, dict) else {}
 
-    @staticmethod
-    def current_summary(container):
+    @classmethod
+    def current_hash(cls, container):
+        value = cls._labels(container).get(LABEL_PREFIX + "config-hash")
+        return value if isinstance(value, str) else None
+
+    @classmethod
+    def current_summary(cls, container):
         try:
-            return json.loads((container.labels or {}).get(LABEL_PREFIX + "summary", "{}"))
-        except ValueError:
+            summary = json.loads(cls._labels(container).get(LABEL_PREFIX + "summary") or "{}")
+        except (ValueError, TypeError, RecursionError):
             return {}
+        return summary if isinstance(summary, dict) else {}
 
     @staticmethod
     def is_running(container):
-        return container.attrs.get("State", {}).get("Running", False)
+        attrs = getattr(container, "attrs", None)
+        state = attrs.get("State") if isinstance(attrs, dict) else None
+        return isinstance(state, dict) and state.get("Running") is True
 
     def check_image(self):
         try:
