@@ -47,7 +47,7 @@ def test_any_labels_and_state_read_as_a_hash_a_summary_and_a_running_flag(labels
 def test_any_process_environment_gives_a_name_or_none(tmp_path_factory, environ, name):
     proc = tmp_path_factory.mktemp("proc")
     (proc / "42").mkdir()
-    (proc / "42" / "environ").write_bytes(environ + b"\0" + (INSTANCE_ENV + "=").encode() + name.encode("utf-8",
-                                                                                                      "surrogatepass"))
+    marker = (INSTANCE_ENV + "=").encode() + name.encode("utf-8", "surrogatepass")
+    (proc / "42" / "environ").write_bytes(environ + b"\0" + marker)
     found = _instance_procs.instance_of(42, proc=str(proc))
     assert found is None or isinstance(found, str)
