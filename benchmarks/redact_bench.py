@@ -30,7 +30,7 @@ HOSTILE = {
 
 def timed(text, runs):
     samples = []
-    for _ in range(runs):
+    for _run in range(runs):
         started = time.perf_counter()
         redact(text, secrets=[KEY])
         samples.append(time.perf_counter() - started)

@@ -309,10 +309,10 @@ MUTATED_ROW = st.builds(
         dict(changes).get(f, c) for f, c in zip(gs.SMI_FIELDS, row(index, used).split(", "))),
     st.integers(0, 3), st.integers(0, TOTAL), st.lists(st.tuples(st.sampled_from(gs.SMI_FIELDS), CELL), max_size=2))
 SMI_TEXT = st.lists(st.one_of(MUTATED_ROW, MUTATED_ROW, HOSTILE_ROW, st.text(max_size=40)), max_size=6).map(
-    lambda lines: "\n".join(lines))
+    "\n".join)
 APP_LINE = st.builds(lambda u, pid, mem: ", ".join([u, pid, mem]),
                      st.sampled_from([uuid_of(0), uuid_of(1), uuid_of(3)]), CELL, CELL)
-APPS_TEXT = st.lists(st.one_of(APP_LINE, st.text(max_size=30)), max_size=4).map(lambda lines: "\n".join(lines))
+APPS_TEXT = st.lists(st.one_of(APP_LINE, st.text(max_size=30)), max_size=4).map("\n".join)
 
 
 @settings(max_examples=200, deadline=None)

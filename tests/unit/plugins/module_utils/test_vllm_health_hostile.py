@@ -260,7 +260,7 @@ def http_responses(draw):
     for name in draw(st.lists(st.sampled_from(["Content-Length", "Transfer-Encoding", "X-Other", ""]), max_size=3)):
         lines.append("%s: %s" % (name, draw(HEADER_VALUES)))
     body = []
-    for _ in range(draw(st.integers(0, 3))):
+    for _chunk in range(draw(st.integers(0, 3))):
         body.append("%s\r\n%s\r\n" % (draw(CHUNK_SIZES), draw(st.text(max_size=20))))
     raw = ("\r\n".join(lines) + "\r\n\r\n" + "".join(body)).encode("utf-8", "surrogatepass")
     cuts = sorted(draw(st.lists(st.integers(0, len(raw)), max_size=4)))
@@ -350,7 +350,7 @@ LABEL_VALUES = st.sampled_from(["0.1", "1.0", "+Inf", "NaN", "-Inf", "abc", "", 
 @st.composite
 def metrics_texts(draw):
     lines = []
-    for _ in range(draw(st.integers(0, 12))):
+    for _line in range(draw(st.integers(0, 12))):
         name = draw(st.sampled_from(NAMES))
         if draw(st.booleans()):
             family = name.rsplit("_", 1)[0] if name.endswith(("_bucket", "_count", "_sum")) else name
