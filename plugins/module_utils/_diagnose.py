@@ -122,6 +122,7 @@ def open_dest(dest):
     `dest` comes normalized (collect does it): with a trailing "/" or "/." the kernel would follow a symlink
     that O_NOFOLLOW is there to refuse.
     """
+    check_ancestors(dest)
     try:
         fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
@@ -141,6 +142,36 @@ def open_dest(dest):
         os.close(fd)
         raise
     return fd
+
+
+def check_ancestors(dest):
+    """Refuses a `dest` that someone else could redirect: every directory above it, and every symlink on the way,
+    must be root's or this user's, and a directory others may write into must be sticky (like /tmp). Otherwise
+    its owner could swap the path for a link to a private directory of root's, such as /root."""
+    trusted = (0, os.geteuid())
+    path = os.path.abspath(dest)
+    prefixes = []
+    parent = os.path.dirname(path)
+    while True:
+        prefixes.append(parent)
+        if parent == os.path.dirname(parent):
+            break
+        parent = os.path.dirname(parent)
+    for prefix in reversed(prefixes):
+        try:
+            link = os.lstat(prefix)
+            st = os.stat(prefix)
+        except OSError:
+            return  # the rest does not exist yet: creating dest reports it
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in trusted:
+            raise DestError("dest: %s, on the way to %s, is a symlink of uid %d; name a directory whose path only "
+                            "root or you control" % (prefix, dest, link.st_uid))
+        if st.st_uid not in trusted:
+            raise DestError("dest: %s, above %s, belongs to uid %d, who could redirect it; name a directory whose "
+                            "path only root or you control" % (prefix, dest, st.st_uid))
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise DestError("dest: %s, above %s, has mode %04o: others may rename what is in it; name a directory "
+                            "whose path only root or you may change" % (prefix, dest, stat.S_IMODE(st.st_mode)))
 
 
 def _create(dest):

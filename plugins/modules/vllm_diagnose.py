@@ -31,6 +31,9 @@ options:
       - An existing one must be a directory of the user the module runs as, private (no access for group and
         others, as C(chmod 0700) leaves it), and not a symlink; anything else is refused before any probe runs.
       - A file or symlink already in it under the name of a file written here is replaced, never written through.
+      - Every directory above it, and every symlink on the way, must be root's or this user's, and one that others
+        may write into must be sticky (as C(/tmp) is); otherwise its owner could redirect O(dest), and it is
+        refused before any probe runs.
     type: path
     required: true
   instances:

@@ -307,3 +307,35 @@ def test_a_file_name_that_is_a_path_is_never_written(tmp_path):
     finally:
         os.close(fd)
     assert not (tmp_path / "escaped.txt").exists() and list(dest.iterdir()) == []
+
+
+def test_a_dest_below_a_directory_of_someone_else_is_refused_before_any_probe(tmp_path, probes):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(str(theirs), 65534, 65534)
+    message = refusal(probes, theirs / "diag")
+    assert message.startswith("dest: %s, above %s, belongs to uid 65534, who could redirect it" % (theirs,
+                                                                                                 theirs / "diag"))
+
+
+def test_a_dest_below_a_directory_anyone_may_rename_in_is_refused_but_a_sticky_one_is_not(tmp_path, probes):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(str(shared), 0o777)
+    assert "has mode 0777: others may rename what is in it" in refusal(probes, shared / "diag")
+    os.chmod(str(shared), 0o1777)
+    files, _statuses, _top = collect(shared / "diag")
+    assert files and probes.calls
+
+
+def test_a_symlink_of_someone_else_on_the_way_to_dest_is_refused(tmp_path, probes):
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(str(sticky), 0o1777)
+    private = tmp_path / "root-private"
+    private.mkdir(mode=0o700)
+    link = sticky / "evil"
+    link.symlink_to(private)
+    os.lchown(str(link), 65534, 65534)
+    assert "is a symlink of uid 65534" in refusal(probes, link / "diag")
+    assert not (private / "diag").exists()
