@@ -177,8 +177,11 @@ def _mask_line_start_suffixes(text, secret):
     return "".join(lines)
 
 
-def redact(text, secrets=()):
-    """`text` with known secrets (values given) and secret-shaped strings masked."""
+def redact(text, secrets=(), shapes=True):
+    """`text` with known secrets (values given) and, unless `shapes` is false, secret-shaped strings masked.
+
+    shapes=False is for the module's own messages, whose prose ("HF_TOKEN is a secret: pass it ...") the shapes
+    would mangle; they quote what a command answered, which can hold a known key but no secret of another's."""
     if not text:
         return text
     if isinstance(text, bytes):
@@ -189,6 +192,7 @@ def redact(text, secrets=()):
         if len(secret) > MIN_PIECE:
             text = _mask_prefixes(text, secret)
             text = _mask_line_start_suffixes(text, secret)
-    for pattern, kind in _PATTERNS:
-        text = pattern.sub(_REPLACERS[kind], text)
+    if shapes:
+        for pattern, kind in _PATTERNS:
+            text = pattern.sub(_REPLACERS[kind], text)
     return text

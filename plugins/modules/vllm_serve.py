@@ -354,7 +354,7 @@ class VllmServe(object):
     def fail(self, msg, **extra):
         # Docker's and systemd's answers can quote what they were given; the keys are masked in every shape.
         secrets = list(self.p.get("api_keys") or []) + [self.p.get("hf_token")]
-        self.module.fail_json(msg=redact(msg, secrets), changed=self.changed, **extra)
+        self.module.fail_json(msg=redact(msg, secrets, shapes=False), changed=self.changed, **extra)
 
     # ---- validation, before anything changes ----
 

@@ -143,3 +143,30 @@ def test_cuda_newer_than_the_driver_is_refused(gpu_state):
     assert rc != 0 and name == "The CUDA toolkit asked for is one the driver supports"
     assert "needs a newer driver than branch 535, which supports CUDA up to 12.2" in message
     assert not installed(gpu_state, "nvidia-smi")
+
+
+def test_secure_boot_signing_makes_a_der_certificate_mokutil_takes_and_keeps_it(host):
+    """mokutil --import wants the certificate in DER; the key stays root's alone; a second run changes nothing."""
+    host.write("/usr/local/bin/mokutil", "#!/bin/sh\necho \"$@\" >> /tmp/mokutil.calls\n")
+    host.run("chmod", "+x", "/usr/local/bin/mokutil")
+    host.sh("rm -rf /var/lib/dkms/mok /tmp/mokutil.calls && mkdir -p /etc/dkms/framework.conf.d")
+    try:
+        rc, report = playbook("secure_boot.yml", {"target": host.name})
+        assert rc == 0, failure(report)
+        certificate = host.run("openssl", "x509", "-inform", "DER", "-in", "/var/lib/dkms/mok/mok.der", "-noout",
+                               "-subject", "-ext", "extendedKeyUsage").stdout
+        assert "CN = DKMS module signing key for %s" % host.name in certificate and "Code Signing" in certificate
+        modes = host.sh("stat -c '%a %U' /var/lib/dkms/mok /var/lib/dkms/mok/mok.key").stdout.split("\n")
+        assert modes[:2] == ["700 root", "600 root"]
+        assert host.run("cat", "/tmp/mokutil.calls").stdout == "--import /var/lib/dkms/mok/mok.der --root-pw\n"
+        conf = host.run("cat", "/etc/dkms/framework.conf.d/inferops-mok.conf").stdout
+        assert "mok_signing_key=/var/lib/dkms/mok/mok.key\nmok_certificate=/var/lib/dkms/mok/mok.der\n" in conf
+        der = host.run("sha256sum", "/var/lib/dkms/mok/mok.der").stdout
+
+        rc, report = playbook("secure_boot.yml", {"target": host.name})
+        assert rc == 0 and report["stats"][host.name]["changed"] == 0, report["stats"]
+        assert host.run("sha256sum", "/var/lib/dkms/mok/mok.der").stdout == der
+        assert host.run("cat", "/tmp/mokutil.calls").stdout.count("--import") == 1
+    finally:
+        host.sh("rm -rf /usr/local/bin/mokutil /tmp/mokutil.calls /var/lib/dkms/mok "
+                "/etc/dkms/framework.conf.d/inferops-mok.conf")

@@ -233,6 +233,11 @@ def test_empty_and_odd_secret_values_are_ignored_or_used_as_text():
     assert redact(b"api_key=abc") == "api_key=" + MASK
 
 
+def test_without_shapes_only_known_secrets_go_and_prose_stays():
+    message = "env: HF_TOKEN is a secret: pass it with the option hf_token; docker said: key %s refused" % KEY
+    assert redact(message, [KEY], shapes=False) == message.replace(KEY, MASK)
+
+
 def test_the_filter_takes_a_string_or_a_list():
     assert redact_filter("x %s y" % KEY, secrets=KEY) == "x %s y" % MASK
     assert redact_filter("x %s y" % KEY, secrets=[KEY, None]) == "x %s y" % MASK
