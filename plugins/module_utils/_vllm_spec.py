@@ -31,6 +31,9 @@ class SpecError(ValueError):
     pass
 
 
+DEFAULT_LOG_DIR = "/var/log/vllm"
+
+
 def _flag(name, value):
     return ["--" + name, str(value)]
 
@@ -46,6 +49,7 @@ class Spec(object):
         self.unit_name = "vllm-%s.service" % self.name
         self.secrets_dir = posixpath.join(params["config_dir"], "secrets", self.name)
         self.env_file = posixpath.join(params["config_dir"], "%s.env" % self.name)
+        self.log_file = posixpath.join(params.get("log_dir") or DEFAULT_LOG_DIR, "%s.log" % self.name)
         self.gpus = [str(g) for g in params["gpus"] or []]
         self.warnings = []
         self.mounts = []  # (host path, container path, mode)
@@ -98,6 +102,29 @@ class Spec(object):
         """The model id vLLM announces in /v1/models and expects in requests: served_model_name, else the model
         argument, which for a mapped local model is the path inside the container, not the host's."""
         return self.p["served_model_name"] or self.model_argument()
+
+    def local_url(self):
+        """Where the server answers on its own host: the address it is bound or published to, loopback for all."""
+        p = self.p
+        address = p.get("host") if self.backend == "venv" else p.get("publish_address")
+        if not address or address in ("0.0.0.0", "::"):
+            address = "127.0.0.1"
+        if ":" in address:
+            address = "[%s]" % address
+        return "%s://%s:%d" % ("https" if p.get("ssl_certfile") else "http", address, p["port"])
+
+    def paths(self):
+        """The instance's names and paths on its host, for the health check, diagnosis and runbooks."""
+        found = {"url": self.local_url(), "secrets_dir": self.secrets_dir, "container": None, "unit": None,
+                 "env_file": None, "log_file": None}
+        if self.backend in ("docker", "systemd"):
+            found["container"] = self.container_name
+        if self.backend in ("systemd", "venv"):
+            found["unit"] = self.unit_name
+            found["env_file"] = self.env_file
+        if self.backend == "venv":
+            found["log_file"] = self.log_file
+        return found
 
     # ---- the command line ----
 

@@ -5,7 +5,7 @@
 - systemd: ExecStart runs `docker run`, with --gpus quoted for systemd's parser (the argv element keeps its
   double quotes, as docker's CSV reader needs). Secrets are mounted files, never -e values.
 - venv: ExecStart runs the `vllm` of a virtualenv with CUDA_VISIBLE_DEVICES (the seeds' style), as the service
-  user, logging to /var/log/vllm/<name>.log.
+  user, logging to <log_dir>/<name>.log.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -44,7 +44,7 @@ def env_file_content(environment):
     return "\n".join(lines) + "\n"
 
 
-def unit_content(spec, image, health_start_period, config_hash, log_dir="/var/log/vllm"):
+def unit_content(spec, image, health_start_period, config_hash):
     p = spec.p
     description = "vLLM instance %s (%s)" % (spec.name, p["model"])
     lines = ["# Managed by inferops.vllm.vllm_serve; edit the task, not this file. config-hash: %s" % config_hash,
@@ -62,7 +62,7 @@ def unit_content(spec, image, health_start_period, config_hash, log_dir="/var/lo
                   "User=%s" % p["service_user"],
                   "EnvironmentFile=%s" % spec.env_file,
                   "ExecStart=" + _systemd.command_line([venv_vllm, "serve"] + spec.serve_args()),
-                  "StandardOutput=append:%s" % posixpath.join(log_dir, "%s.log" % spec.name),
+                  "StandardOutput=append:%s" % spec.log_file,
                   "StandardError=inherit",
                   "KillMode=control-group"]
     lines += ["Restart=always", "RestartSec=10",

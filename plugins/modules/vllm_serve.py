@@ -228,6 +228,11 @@ options:
     description: Where the instance's env file and secrets directory live.
     type: path
     default: /etc/vllm
+  log_dir:
+    description: Where the V(venv) backend's unit appends the instance's output, as C(<log_dir>/<name>.log) (the
+      other backends log to Docker). The directory must exist and be writable by O(service_user).
+    type: path
+    default: /var/log/vllm
   check_gpus:
     description: Refuse GPUs that other processes hold, and check the memory plan against NVML's free memory.
     type: bool
@@ -272,6 +277,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+instance:
+  description:
+    - The instance's names and paths on its host, so that health checks, diagnosis and runbooks need not
+      recompute them. A name a backend does not use is null.
+    - C(url) is where the server answers on its own host (loopback when it listens on every address).
+  returned: always
+  type: dict
+  sample: {url: "https://127.0.0.1:8000", container: vllm-llama-70b, unit: null, env_file: null, log_file: null,
+           secrets_dir: /etc/vllm/secrets/llama-70b}
 container:
   description: The container (id, name, status), for the V(docker) backend.
   returned: backend docker, unless absent
@@ -568,7 +582,7 @@ class VllmServe(object):
         return self.finish()
 
     def finish(self):
-        kwargs = dict(changed=self.changed, **self.result)
+        kwargs = dict(changed=self.changed, instance=self.spec.paths(), **self.result)
         if self.module._diff:
             kwargs["diff"] = self.diff
         self.module.exit_json(**kwargs)
@@ -743,6 +757,7 @@ def main():
             service_user=dict(type="str", default="root"),
             venv_path=dict(type="path", default="/opt/vllm"),
             config_dir=dict(type="path", default="/etc/vllm"),
+            log_dir=dict(type="path", default="/var/log/vllm"),
             check_gpus=dict(type="bool", default=True),
         ),
         required_if=[("state", "present", ["model", "gpus"]), ("state", "started", ["model", "gpus"]),

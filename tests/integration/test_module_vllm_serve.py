@@ -63,6 +63,8 @@ def test_idempotent_check_and_diff_mode(gpu_state, instance):
 
     first = serve(gpu_state, **args)
     assert first["changed"] is True and first["container"]["name"] == "vllm-idem"
+    assert first["instance"] == {"url": "http://127.0.0.1:8301", "container": "vllm-idem", "unit": None,
+                                 "env_file": None, "log_file": None, "secrets_dir": "/etc/vllm/secrets/idem"}
     assert "idem-key" not in json.dumps(first)
     second = serve(gpu_state, **args)
     assert second["changed"] is False and second["container"]["id"] == first["container"]["id"]

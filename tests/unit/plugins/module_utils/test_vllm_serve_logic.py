@@ -185,3 +185,35 @@ def test_gpus_word_reaches_docker_with_its_quotes():
     assert argv[argv.index("--gpus") + 1] == '"device=4,5"'
     assert "secret-key" not in line
     assert "Restart=always" in line and "TimeoutStartSec=300" in line
+
+
+# ---- names and paths the module returns ----
+
+@pytest.mark.parametrize("backend, container, unit, env_file, log_file", [
+    ("docker", "vllm-llama", None, None, None),
+    ("systemd", "vllm-llama", "vllm-llama.service", "/etc/vllm/llama.env", None),
+    ("venv", None, "vllm-llama.service", "/etc/vllm/llama.env", "/srv/logs/llama.log"),
+])
+def test_each_backend_returns_the_names_and_paths_it_uses(backend, container, unit, env_file, log_file):
+    paths = Spec(params(backend=backend, log_dir="/srv/logs")).paths()
+    assert paths == {"url": "http://127.0.0.1:8000", "container": container, "unit": unit, "env_file": env_file,
+                     "log_file": log_file, "secrets_dir": "/etc/vllm/secrets/llama"}
+
+
+@pytest.mark.parametrize("overrides, url", [
+    ({"ssl_certfile": "/etc/vllm/tls/server.crt"}, "https://127.0.0.1:8000"),
+    ({"publish_address": "10.0.0.5", "port": 8011}, "http://10.0.0.5:8011"),
+    ({"publish_address": "::"}, "http://127.0.0.1:8000"),
+    ({"publish_address": "fd00::5"}, "http://[fd00::5]:8000"),
+    ({"backend": "venv", "host": "127.0.0.2", "publish_address": "10.0.0.5"}, "http://127.0.0.2:8000"),
+])
+def test_the_local_url_is_where_the_server_answers_on_its_host(overrides, url):
+    assert Spec(params(**overrides)).paths()["url"] == url
+
+
+def test_the_venv_unit_appends_to_the_log_file_the_module_returns():
+    spec = Spec(params(backend="venv", log_dir="/srv/logs"))
+    content = _vllm_units.unit_content(spec, None, 600, "hash")
+    assert "StandardOutput=append:/srv/logs/llama.log\n" in content
+    assert "StandardOutput=append:/var/log/vllm/llama.log\n" in _vllm_units.unit_content(
+        Spec(params(backend="venv")), None, 600, "hash")
