@@ -169,7 +169,9 @@ def check_ancestors(dest):
         if st.st_uid not in trusted:
             raise DestError("dest: %s, above %s, belongs to uid %d, who could redirect it; name a directory whose "
                             "path only root or you control" % (prefix, dest, st.st_uid))
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        # Group write counts only for a group other than root's (Ubuntu's /var/log is root:syslog 0775).
+        writable = st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0)
+        if writable and not st.st_mode & stat.S_ISVTX:
             raise DestError("dest: %s, above %s, has mode %04o: others may rename what is in it; name a directory "
                             "whose path only root or you may change" % (prefix, dest, stat.S_IMODE(st.st_mode)))
 

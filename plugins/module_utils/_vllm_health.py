@@ -354,7 +354,8 @@ def probe(config, with_gpus=True):
 
 def wait_until_ready(config, start_period, poll_interval, clock=time.monotonic, sleep=time.sleep):
     """Polls until the server serves (healthy or degraded), returning (report, None); or gives up at once when the
-    process has exited or is crash-looping, or after start_period, returning (report, reason)."""
+    process is missing, has exited or is crash-looping, or after start_period, returning (report, reason). The
+    report's `outcome` says which, for callers: ready, missing, exited, crash_loop or timeout."""
     started = clock()
     first_restarts = None
     polls = 0
@@ -366,21 +367,25 @@ def wait_until_ready(config, start_period, poll_interval, clock=time.monotonic, 
         if report["status"] in ("healthy", "degraded"):
             # Ready: one complete pass (GPUs included) for the report.
             final = Probe(config).run(with_gpus=True)
-            final.update(polls=polls, waited_s=report["waited_s"])
+            final.update(polls=polls, waited_s=report["waited_s"], outcome="ready")
             return final, None
         state = report["runtime"]
         if state:
             if first_restarts is None:
                 first_restarts = state["restart_count"]
             if not state["exists"]:
+                report["outcome"] = "missing"
                 return report, "the %s %s does not exist" % (state["type"], state["name"])
             if not state["running"] and not state["restarting"]:
+                report["outcome"] = "exited"
                 return report, "the %s %s is not running (%s, exit code %s)" % (
                     state["type"], state["name"], state["status"], state.get("exit_code"))
             if state["restarting"] or state["restart_count"] > first_restarts:
+                report["outcome"] = "crash_loop"
                 return report, "the %s %s is crash-looping (%d restart(s))" % (
                     state["type"], state["name"], state["restart_count"])
         elapsed = clock() - started
         if elapsed >= start_period:
+            report["outcome"] = "timeout"
             return report, "not ready after %.0f s (start_period)" % start_period
         sleep(max(0.0, min(poll_interval, start_period - elapsed)))

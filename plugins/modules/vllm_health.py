@@ -126,6 +126,15 @@ options:
     description: With O(wait_for=healthy), seconds between polls.
     type: float
     default: 0.5
+  progress_interval:
+    description:
+      - With O(wait_for=healthy), show the loading progress every this many seconds while waiting, on the
+        controller's standard error, one line per chunk that names the host, the instance, the loading percentage
+        and shards (or the start-up phase) and the time waited.
+      - The wait then runs as chunks of this length (the action plugin calls the module once per chunk); the result
+        is that of the whole wait. V(0), the default, waits in one call and shows nothing until it ends.
+    type: float
+    default: 0
 notes:
   - Runs on the host of the server (or any host that reaches it); container, unit and GPU data come from the host
     it runs on.
@@ -226,6 +235,15 @@ waited_s:
   description: With O(wait_for=healthy), how long it waited.
   returned: with wait_for=healthy
   type: float
+outcome:
+  description:
+    - With O(wait_for=healthy), how the wait ended, for callers that branch on it instead of parsing the failure
+      message.
+    - V(ready) (serves), V(timeout) (not ready after O(start_period)), V(exited) (the container or unit stopped),
+      V(crash_loop) (it restarted while waited on), V(missing) (no such container or unit).
+  returned: with wait_for=healthy
+  type: str
+  sample: ready
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -260,6 +278,7 @@ def main():
             wait_for=dict(type="str", choices=["none", "healthy"], default="none"),
             start_period=dict(type="float", default=900),
             poll_interval=dict(type="float", default=0.5),
+            progress_interval=dict(type="float", default=0),
         ),
         mutually_exclusive=[("container", "unit")],
         required_together=[("client_cert", "client_key")],
@@ -270,6 +289,7 @@ def main():
         _validate.number("timeout", p["timeout"], 0, 3600, above_minimum=True)
         _validate.number("poll_interval", p["poll_interval"], 0, 3600, above_minimum=True)
         _validate.number("start_period", p["start_period"], 0, 7 * 86400)
+        _validate.number("progress_interval", p["progress_interval"], 0, 7 * 86400)
         _validate.number("log_lines", p["log_lines"], 0, 100000)
         for name, value in sorted(p["thresholds"].items()):
             _validate.number("thresholds." + name, value, 0)

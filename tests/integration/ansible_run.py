@@ -49,4 +49,5 @@ def run_module(host, module, args=None, check=False, timeout=120, diff=False):
                                                                            proc.stdout, proc.stderr))
     result = ModuleRun(report["plays"][0]["tasks"][0]["hosts"][host])
     result.elapsed = elapsed
+    result.stderr = proc.stderr  # what an action plugin showed while the task ran
     return result

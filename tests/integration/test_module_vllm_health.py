@@ -58,6 +58,16 @@ def test_loading_reports_progress_then_waits_until_healthy(host, containers):
     assert ready["progress"]["phase"] == "serving" and ready["polls"] > 1
 
 
+def test_a_wait_in_chunks_shows_the_loading_progress_and_ends_ready(host, containers):
+    name = emulator(host, containers, 8214, 2, env={"VLLM_EMULATOR_FAULTS": '{"load_delay": 8}'})
+    ready = health(host, 8214, container=name, wait_for="healthy", start_period=60, progress_interval=2,
+                   fail_on="unhealthy")
+    assert not ready.failed and ready["outcome"] == "ready" and ready["status"] == "healthy"
+    shown = [line for line in ready.stderr.splitlines() if "| %s: " % name in line]
+    assert any("loading the weights" in line for line in shown), ready.stderr
+    assert ready["waited_s"] >= 2 and ready["polls"] > 2
+
+
 def test_hang_is_unhealthy_within_timeout_plus_one_second(host, containers):
     serving(host, containers, 8203, 3)
     host.set_fault(8203, hang=True)
@@ -95,6 +105,7 @@ def test_wait_fails_fast_on_a_crash_loop(host, containers):
     result = health(host, 8206, container=name, wait_for="healthy", start_period=300, fail_on="unhealthy")
     assert result.failed
     assert "crash-looping" in result["msg"] or "is not running" in result["msg"]
+    assert result["outcome"] in ("crash_loop", "exited")
     assert result.elapsed < 30
     assert "cuda_oom" in codes(result)
 

@@ -96,7 +96,7 @@ def test_reset_recovers_a_hung_instance(deployed):
     after = worker_pids(host, instance_gpus(host, "opt-small")[0])
     assert after and not set(after) & set(hung)
     assert "opt-small: healthy after" in proc.stdout and "start to healthy" in proc.stdout
-    assert host.sh("ls /var/log/vllm | grep -c '^reset-opt-small-'").stdout.strip() != "0"
+    assert host.sh("ls /var/lib/inferops/diagnostics | grep -c '^reset-opt-small-'").stdout.strip() != "0"
 
 
 def test_reset_kills_orphans_of_this_instance_only(deployed):

@@ -314,8 +314,8 @@ def test_a_dest_below_a_directory_of_someone_else_is_refused_before_any_probe(tm
     theirs.mkdir(mode=0o755)
     os.chown(str(theirs), 65534, 65534)
     message = refusal(probes, theirs / "diag")
-    assert message.startswith("dest: %s, above %s, belongs to uid 65534, who could redirect it" % (theirs,
-                                                                                                 theirs / "diag"))
+    expected = "dest: %s, above %s, belongs to uid 65534, who could redirect it" % (theirs, theirs / "diag")
+    assert message.startswith(expected)
 
 
 def test_a_dest_below_a_directory_anyone_may_rename_in_is_refused_but_a_sticky_one_is_not(tmp_path, probes):
@@ -326,6 +326,17 @@ def test_a_dest_below_a_directory_anyone_may_rename_in_is_refused_but_a_sticky_o
     os.chmod(str(shared), 0o1777)
     files, _statuses, _top = collect(shared / "diag")
     assert files and probes.calls
+
+
+def test_a_dest_below_a_directory_its_group_may_write_is_refused_unless_the_group_is_roots(tmp_path, probes):
+    logs = tmp_path / "log"
+    logs.mkdir()
+    os.chmod(str(logs), 0o775)
+    os.chown(str(logs), 0, 4)
+    assert "has mode 0775: others may rename what is in it" in refusal(probes, logs / "diag")
+    os.chown(str(logs), 0, 0)
+    files, _statuses, _top = collect(logs / "diag")
+    assert files
 
 
 def test_a_symlink_of_someone_else_on_the_way_to_dest_is_refused(tmp_path, probes):

@@ -226,7 +226,7 @@ def test_wait_returns_as_soon_as_ready():
     report, failure = vh.wait_until_ready(config("http://127.0.0.1:%d" % port), start_period=10, poll_interval=0.2)
     waited = time.monotonic() - started
     late["server"].close()
-    assert failure is None and report["status"] == "healthy"
+    assert failure is None and report["status"] == "healthy" and report["outcome"] == "ready"
     assert 1.0 <= waited < 1.6
     assert report["polls"] > 1
 
@@ -235,6 +235,7 @@ def test_wait_gives_up_after_the_start_period():
     report, failure = vh.wait_until_ready(config("http://127.0.0.1:%d" % free_port()), start_period=0.6,
                                           poll_interval=0.2)
     assert failure == "not ready after 1 s (start_period)" and report["status"] == "down"
+    assert report["outcome"] == "timeout"
 
 
 # ---- hostile servers: each probe returns within its budget ----
