@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import bisect
 import re
 
 MASK = "********"
@@ -27,8 +28,12 @@ MIN_PIECE = 6
 # Values that say no secret is set: kept, because "api_key=None" is evidence an SRE needs.
 _EMPTY_VALUES = frozenset(("none", "null", "''", '""', "[]", "~", "<none>", MASK))
 
-# A value after a separator: quoted (escapes allowed), a Python/JSON list, or a bare word.
-_VALUE = r"""(?:"(?:[^"\\\r\n]|\\[^\r\n])*"|'(?:[^'\\\r\n]|\\[^\r\n])*'|\[[^\]\r\n]*\]|[^\s"',;&}\])]+)"""
+# A value after a separator: quoted (escapes allowed), a Python/JSON list, or a bare word. Quoted texts and lists
+# are bounded: an unclosed quote or bracket repeated along a line would otherwise be rescanned to the line's end
+# from each opening, which is quadratic.
+_DQ = r'"(?:[^"\\\r\n]|\\[^\r\n]){0,2048}"'
+_SQ = r"'(?:[^'\\\r\n]|\\[^\r\n]){0,2048}'"
+_VALUE = r"""(?:%s|%s|\[[^\]\r\n]{0,2048}\]|[^\s"',;&}\])]+)""" % (_DQ, _SQ)
 
 # Names whose value is a secret. A name counts when the word ends there: `max_tokens` and `tokenizer` do not,
 # and neither do `*_PATH` / `*_FILE`, which only point at a secret.
@@ -37,6 +42,11 @@ _SECRET_NAME = (r"(?:api[-_.]?keys?|apikey|access[-_]?key|secret[-_]?(?:access[-
                 r"passw(?:or)?d|passphrase|credentials?|auth)")
 _NAME_START = r"(?<![A-Za-z0-9])"
 _NAME_END = r"(?![A-Za-z0-9])"
+# A token starts where no token character precedes it: "eyJ-eyJ-..." then has one start, not one per "eyJ" that
+# each rescans the rest of the run.
+_TOKEN_START = r"(?<![A-Za-z0-9_-])"
+# What follows --api-key after its first value: whole words without ':' (see below).
+_MORE_KEYS = r"""(?:"[^"\r\n]{0,2048}"|'[^'\r\n]{0,2048}'|[^\s"',;&}\]):]+)"""
 
 _PATTERNS = (
     # PEM private keys: the only multi-line shape, bounded by its own markers (or the end of the text).
@@ -44,7 +54,7 @@ _PATTERNS = (
                 re.DOTALL), "pem"),
     # Any Authorization scheme, as a header, in JSON or in a Python repr: the credentials go, and a scheme stays
     # only when it is a known one (an unknown first word may be the credential itself).
-    (re.compile(r"""((?:proxy-)?authorization["']?[ \t]{0,8}[:=][ \t]{0,8})("[^"\r\n]*"|'[^'\r\n]*'|"""
+    (re.compile(r"""((?:proxy-)?authorization["']?[ \t]{0,8}[:=][ \t]{0,8})("[^"\r\n]{0,2048}"|'[^'\r\n]{0,2048}'|"""
                 r"""[^\s"',;}]+(?:[ \t]{1,8}[^\s"',;}]+)?)""", re.IGNORECASE), "header"),
     # Other credential headers: X-API-Key, api-key, X-Auth-Token, Cookie (curl -H, raw HTTP, reprs).
     (re.compile(r"""(%s(?:x-api-key|api-key|x-auth-token|x-access-token|cookie|set-cookie)["']?[ \t]{0,8}:"""
@@ -53,14 +63,13 @@ _PATTERNS = (
     (re.compile(r"(%sbearer[ \t]{1,8})([^\s\"',;}]+)" % _NAME_START, re.IGNORECASE), "value"),
     # docker inspect's JSON argv: "--api-key", "K1", "K2" (every value up to the next flag).
     (re.compile(r"""(["']--?(?:api[-_]key|hf[-_]token|token|password|secret)["'])((?:[ \t]{0,8},[ \t]{0,8}"""
-                r"""(?:"(?!-)(?:[^"\\\r\n]|\\[^\r\n])*"|'(?!-)(?:[^'\\\r\n]|\\[^\r\n])*'))+)""",
+                r"""(?:"(?!-)(?:[^"\\\r\n]|\\[^\r\n]){0,2048}"|'(?!-)(?:[^'\\\r\n]|\\[^\r\n]){0,2048}'))+)""",
                 re.IGNORECASE), "json-argv"),
     # Command lines: --api-key K1 K2 (several keys until the next flag), --api_key=K, --hf-token K, --password K.
     # A further value is a whole word without ':', so a log line's own text after the key ("--api-key K
     # torch.OutOfMemoryError: ...") stays evidence.
     (re.compile(r"(%s--?api[-_]key(?:=|[ \t]{1,8}))(%s(?:[ \t]{1,8}(?!-)%s(?=\s|\Z))*)"
-                % (_NAME_START, _VALUE, r"""(?:"[^"\r\n]*"|'[^'\r\n]*'|[^\s"',;&}\]):]+)"""), re.IGNORECASE),
-     "value"),
+                % (_NAME_START, _VALUE, _MORE_KEYS), re.IGNORECASE), "value"),
     (re.compile(r"(%s--?(?:hf[-_]token|token|password|passwd|secret|client[-_]secret)(?:=|[ \t]{1,8}))(%s)"
                 % (_NAME_START, _VALUE), re.IGNORECASE), "value"),
     # curl -u user:password / --user user:password
@@ -77,7 +86,7 @@ _PATTERNS = (
     (re.compile(r"%s(?:hf_[A-Za-z0-9]{8,}|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{16,}|"
                 r"github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_-]{16,}|xox[abposr]-[A-Za-z0-9-]{10,}|"
                 r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{30,}|"
-                r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})" % _NAME_START), "whole"),
+                r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})" % _TOKEN_START), "whole"),
 )
 
 
@@ -107,7 +116,7 @@ def _mask_header(match):
     return name + MASK
 
 
-_QUOTED = re.compile(r""""(?:[^"\\\r\n]|\\[^\r\n])*"|'(?:[^'\\\r\n]|\\[^\r\n])*'""")
+_QUOTED = re.compile(_DQ + "|" + _SQ)
 
 
 def _mask_json_argv(match):
@@ -170,7 +179,11 @@ def _mask_line_start_suffixes(text, secret):
         starts.setdefault(secret[position:position + MIN_PIECE], []).append(position)
     lines = text.splitlines(True)
     for number, line in enumerate(lines):
-        for position in starts.get(line[:MIN_PIECE], ()):
+        positions = starts.get(line[:MIN_PIECE])
+        if not positions:
+            continue
+        # Only the suffixes that end within the line: for a short line and a repetitive secret, a few, not all.
+        for position in positions[bisect.bisect_left(positions, len(secret) - len(line)):]:
             if line.startswith(secret[position:]):
                 lines[number] = MASK + line[len(secret) - position:]
                 break

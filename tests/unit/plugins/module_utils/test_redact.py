@@ -296,6 +296,14 @@ HOSTILE_LINES = [
     "Bearer " * 28000,
     "hf_" * 66000,
     "eyJ" + "a." * 100000,
+    # Found by review: unclosed lists and quotes after a name, and a token prefix repeated in one run.
+    "token: [" * 25000,
+    "api_key=[ " * 20000,
+    'api_key="' * 22000,
+    "Authorization: \"" * 12000,
+    '"--api-key", "' * 14000,
+    "eyJ-" * 50000,
+    "eyJ_" * 50000,
 ]
 
 
@@ -303,5 +311,7 @@ def test_hostile_lines_take_no_longer_than_a_health_check_allows():
     started = time.monotonic()
     for line in HOSTILE_LINES:
         redact(line, secrets=[KEY, line[:40]])
+    # A repetitive known secret and many short lines that each open with a piece of it.
+    redact("aaaaaaaaaa\n" * 50000, secrets=["b" + "a" * 2000])
     # A hang guard, not a speed figure: quadratic matching took minutes on the first of these lines.
     assert time.monotonic() - started < 5.0
