@@ -17,7 +17,8 @@ _UNITS = {
     "b": 1.0 / (1024 * 1024),
     "kb": 1e3 / 2 ** 20, "mb": 1e6 / 2 ** 20, "gb": 1e9 / 2 ** 20, "tb": 1e12 / 2 ** 20,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# ASCII digits and blanks only: int() and float() also read other scripts' digits (٤٠, ４０).
+_SIZE = re.compile(r"^[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*([a-zA-Z]*)[ \t]*\Z")
 
 
 class SizeError(ValueError):
@@ -30,6 +31,8 @@ def to_mib(value, field):
     if isinstance(value, bool):
         raise SizeError("%s: %r is not a size" % (field, value))
     if isinstance(value, int):
+        if value > 10 ** 15:
+            raise SizeError("%s: the number is too large to be a size in MiB; give at most 15 digits" % field)
         if value < 0:
             raise SizeError("%s: %d is negative; give MiB as a positive integer or a size such as 40GiB" % (
                 field, value))

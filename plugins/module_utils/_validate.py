@@ -13,8 +13,10 @@ import re
 # An instance name becomes a container name, a unit name and a directory name: a plain token, never a path.
 _INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-# Anything below space, and DEL: a newline in a value written to a unit or env file starts a new directive.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Anything below space, DEL and the C1 controls (a newline in a value written to a unit or env file starts a new
+# directive), Unicode line and paragraph separators, and the invisible or reordering marks (zero-width, bidi
+# overrides, BOM) that make a value read differently from what it is.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 # A value argparse would read as an option of its own (a negative number is a value).
 _LOOKS_LIKE_FLAG = re.compile(r"-+[A-Za-z_]")
 # A GPU as CUDA_VISIBLE_DEVICES and Docker's --gpus take it: an index, or a GPU or MIG UUID.
@@ -34,7 +36,10 @@ class InputError(ValueError):
 
 
 def _shown(value, limit=60):
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more digits than Python converts to text (4300)
+        return "an integer of more than 4300 digits"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -96,8 +101,13 @@ def number(field, value, minimum=0, maximum=None, above_minimum=False):
     """A finite number within bounds (timeouts, periods, sizes, thresholds); None means not set."""
     if value is None:
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            isinstance(value, float) and not math.isfinite(value):
         raise InputError("%s: %s is not a finite number" % (field, _shown(value)))
+    # math.isfinite() of an int past float's range raises OverflowError: ints are compared as they are, and none
+    # of the sizes, periods or counts checked here is meaningful past 10**15.
+    if abs(value) > 10 ** 15:
+        raise InputError("%s: %s is too large; give a number of at most 15 digits" % (field, _shown(value)))
     low = value <= minimum if above_minimum else value < minimum
     if low or (maximum is not None and value > maximum):
         bounds = "above %s" % minimum if above_minimum else "at least %s" % minimum
@@ -159,6 +169,8 @@ def argument_values(field, values):
         for word in words:
             if isinstance(word, (dict, bool)) or word is None:
                 continue
+            if isinstance(word, float) and not math.isfinite(word):
+                raise InputError("%s.%s: %r is not a finite number" % (field, flag, word))
             text = str(word)
             single_line("%s.%s" % (field, flag), text)
             if _LOOKS_LIKE_FLAG.match(text):

@@ -24,3 +24,9 @@ def test_only_size_error_comes_out(value):
         assert to_mib(value, "f") >= 0
     except SizeError:
         pass
+
+
+@pytest.mark.parametrize("value", ["\uff14\uff10GiB", "\u0664\u0660GiB", "40\u2028GiB", 10 ** 400])
+def test_digits_of_other_scripts_separators_and_huge_integers_are_refused(value):
+    with pytest.raises(SizeError, match="^min_free_memory: "):
+        to_mib(value, "min_free_memory")

@@ -191,3 +191,25 @@ def test_a_container_or_unit_name_cannot_be_an_option(name):
     with pytest.raises(InputError, match="^unit: .* starts with '-' and would be read as an option"):
         _validate.command_word("unit", name)
     assert _validate.command_word("unit", "vllm-chat.service") == "vllm-chat.service"
+
+
+@pytest.mark.parametrize("value", [10 ** 400, -(10 ** 400), 10 ** 16])
+def test_integers_past_floats_range_are_refused_not_overflowed(value):
+    with pytest.raises(InputError, match=r"^max_model_len: .* is too large; give a number of at most 15 digits"):
+        _validate.number("max_model_len", value, 1)
+
+
+def test_an_integer_too_long_to_print_is_described_not_printed():
+    with pytest.raises(InputError, match="^port: an integer of more than 4300 digits is not a TCP port"):
+        _validate.port("port", 10 ** 5000)
+
+
+@pytest.mark.parametrize("value", ["a\u2028b", "a\u0085b", "a\u202eb", "a\u200bb", "\ufeffa", "a\x9bb"])
+def test_unicode_line_separators_and_invisible_marks_are_refused(value):
+    with pytest.raises(InputError, match="^model: the value has a control character"):
+        _validate.single_line("model", value)
+
+
+def test_an_infinite_extra_args_value_is_refused():
+    with pytest.raises(InputError, match="^extra_args.max-loras: inf is not a finite number"):
+        _validate.argument_values("extra_args", {"max-loras": float("inf")})
