@@ -37,10 +37,21 @@ def _shell_single(text):
     return "'%s'" % text.replace("'", "'\"'\"'")
 
 
-def env_file_content(environment):
+def _systemd_env_value(value):
+    """A value as systemd's EnvironmentFile= reads it back verbatim: double-quoted, with the characters that are
+    special inside double quotes escaped. Unquoted, a '"' opened a quote that swallowed the next lines and a
+    trailing '\\' joined the next line, so one value could hide CUDA_VISIBLE_DEVICES."""
+    escaped = "".join("\\" + char if char in '"\\`$' else char for char in str(value))
+    return '"%s"' % escaped
+
+
+def env_file_content(environment, reader="docker"):
+    """The instance's env file, as its reader parses it: docker's --env-file takes each value literally (quotes
+    included); systemd's EnvironmentFile= (the venv backend) interprets quotes and backslashes."""
     lines = ["# Managed by inferops.vllm.vllm_serve. Non-secret environment only: secrets are files."]
     for key in sorted(environment):
-        lines.append("%s=%s" % (key, environment[key]))
+        value = _systemd_env_value(environment[key]) if reader == "systemd" else environment[key]
+        lines.append("%s=%s" % (key, value))
     return "\n".join(lines) + "\n"
 
 

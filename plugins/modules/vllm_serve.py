@@ -534,8 +534,9 @@ class VllmServe(object):
             if name not in wanted:
                 changed |= _files.remove(os.path.join(self.spec.secrets_dir, name), self.check_mode)
         if self.p["backend"] in ("systemd", "venv"):
-            changed |= _files.write(self.spec.env_file, _vllm_units.env_file_content(environment), 0o600, uid, gid,
-                                    self.check_mode)
+            reader = "systemd" if self.p["backend"] == "venv" else "docker"
+            changed |= _files.write(self.spec.env_file, _vllm_units.env_file_content(environment, reader), 0o600,
+                                    uid, gid, self.check_mode)
         if self.p["hf_cache"] and self.p["backend"] != "venv" and not self.check_mode \
                 and not os.path.isdir(self.p["hf_cache"]):
             os.makedirs(self.p["hf_cache"], 0o755)

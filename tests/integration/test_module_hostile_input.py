@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_units import env_file_content
 from ansible_run import run_module
 
 IMAGE = "inferops/vllm-emulator:0.33.0"
@@ -123,3 +124,16 @@ def test_vllm_serve_absent_refuses_a_directory_planted_in_place_of_its_env_file(
         assert host.sh("cat /etc/vllm/planted.env/inside").stdout == "keep\n"
     finally:
         host.sh("rm -rf /etc/vllm/planted.env")
+
+
+def test_systemd_reads_the_venv_env_file_back_verbatim_whatever_the_values(host):
+    """The venv backend's env file through the real EnvironmentFile= parser: a quote or a trailing backslash in one
+    value must not swallow the next lines (unquoted, `AAA="x` hid CUDA_VISIBLE_DEVICES from vLLM)."""
+    values = {"AAA": '"x', "BBB": "y\\", "CCC": "a b $HOME `id` 'q' \\n ${X}", "CUDA_VISIBLE_DEVICES": "3",
+              "JSON": '{"a": [1, "b"]}'}
+    host.write("/tmp/hostile.env", env_file_content(values, "systemd"))
+    host.write("/tmp/show-env.py", "#!/usr/bin/python3\nimport json, os\nprint(json.dumps(dict(os.environ)))\n")
+    host.run("chmod", "+x", "/tmp/show-env.py")
+    seen = json.loads(host.run("systemd-run", "--wait", "--pipe", "--quiet", "-p", "EnvironmentFile=/tmp/hostile.env",
+                               "/tmp/show-env.py").stdout)
+    assert {name: seen.get(name) for name in values} == values

@@ -217,3 +217,10 @@ def test_the_venv_unit_appends_to_the_log_file_the_module_returns():
     assert "StandardOutput=append:/srv/logs/llama.log\n" in content
     assert "StandardOutput=append:/var/log/vllm/llama.log\n" in _vllm_units.unit_content(
         Spec(params(backend="venv")), None, 600, "hash")
+
+
+def test_the_env_file_quotes_for_systemd_and_stays_literal_for_docker():
+    env = {"AAA": '"x', "BBB": "y\\", "CUDA_VISIBLE_DEVICES": "3"}
+    assert _vllm_units.env_file_content(env, "systemd").splitlines()[1:] == [
+        'AAA="\\"x"', 'BBB="y\\\\"', 'CUDA_VISIBLE_DEVICES="3"']
+    assert _vllm_units.env_file_content(env).splitlines()[1:] == ['AAA="x', "BBB=y\\", "CUDA_VISIBLE_DEVICES=3"]
