@@ -41,6 +41,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import functools
 import os
 import re
 
@@ -51,6 +52,8 @@ DOCS = "docs/runbooks.md#"
 
 EVIDENCE_MAX = 500
 _EDGE = 4096
+# Redacted beyond each cut of a long line, so that a secret shorter than this that crosses the cut is masked whole.
+_MARGIN = 2048
 _GAP = r"[^\n]{0,160}?"  # a bounded gap between two parts of one message: no quadratic backtracking
 
 # Codes that only say the engine died, not why: they rank after any specific code.
@@ -244,14 +247,24 @@ _PROGRESS = re.compile(r"Loading (?:safetensors|pt) checkpoint shards:\s{0,8}(\d
 
 def _window(line, secrets=None):
     """The part of a line worth searching: all of it, or its first and last few KiB. With `secrets` (a list, maybe
-    empty) the line is redacted before the cut, which could otherwise leave a part of a secret no pattern knows."""
+    empty) it comes redacted: each edge is redacted with a margin before it is cut, so a secret across the cut is
+    masked whole, and the work stays bounded by the window whatever the line's length."""
     if not isinstance(line, str):
         line = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
-    if secrets is not None:
-        line = redact(line, secrets)
-    if len(line) > 2 * _EDGE:
-        return line[:_EDGE] + " [...] " + line[-_EDGE:]
-    return line
+    if secrets is None:
+        return line[:_EDGE] + " [...] " + line[-_EDGE:] if len(line) > 2 * _EDGE else line
+    return _redacted_window(line, tuple(secret for secret in secrets if secret))
+
+
+@functools.lru_cache(maxsize=2048)
+def _redacted_window(line, secrets):
+    # Cached: scan() and progress() look at the same lines several times in one probe.
+    if len(line) <= 2 * (_EDGE + _MARGIN):
+        masked = redact(line, secrets)
+        return masked[:_EDGE] + " [...] " + masked[-_EDGE:] if len(masked) > 2 * _EDGE else masked
+    head = redact(line[:_EDGE + _MARGIN], secrets)[:_EDGE]
+    tail = redact(line[-(_EDGE + _MARGIN):], secrets)[-_EDGE:]
+    return head + " [...] " + tail
 
 
 def _message(text):
