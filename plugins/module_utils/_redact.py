@@ -9,16 +9,22 @@ Three rules keep this safe on hostile text:
   the one exception is a PEM private-key block, masked line by line between its markers;
 - every pattern starts with a literal or a bounded class and its quantifiers cannot overlap, so the work is linear
   in the text: a 200 KB logged prompt costs milliseconds, not minutes;
-- known secrets are masked longest first, and so are the pieces a cut leaves of them: a prefix of six characters
-  or more anywhere, a suffix of six or more where a line starts (what a tail read leaves).
+- known secrets are masked in any letter case and as a server may echo them (JSON-escaped, URL-encoded), and so
+  are the pieces a cut leaves of them: a prefix or a suffix of six characters or more, anywhere.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import bisect
+import json
 import re
+import string
+
+try:
+    from urllib.parse import quote
+except ImportError:  # pragma: no cover - Python 2
+    from urllib import quote
 
 MASK = "********"
 
@@ -81,7 +87,7 @@ _PATTERNS = (
                 r"([^\s&#\"']+)" % _SECRET_NAME, re.IGNORECASE), "value"),
     # NAME=value, NAME: value, 'name': 'value', "name": ["v1", "v2"], name=['v1'], NAME => value
     (re.compile(r"""(%s%s%s["']?[ \t]{0,8}(?:=>|=|:)[ \t]{0,8})(%s)""" % (_NAME_START, _SECRET_NAME, _NAME_END,
-                                                                          _VALUE), re.IGNORECASE), "value"),
+                                                                          _VALUE), re.IGNORECASE), "named"),
     # Tokens recognisable by their shape wherever they appear.
     (re.compile(r"%s(?:hf_[A-Za-z0-9]{8,}|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{16,}|"
                 r"github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_-]{16,}|xox[abposr]-[A-Za-z0-9-]{10,}|"
@@ -104,6 +110,18 @@ def _mask_value(value):
 _SCHEMES = frozenset(("basic", "bearer", "digest", "token", "apikey", "api-key", "key", "negotiate", "ntlm", "hoba",
                       "mutual", "vapid", "dpop", "oauth", "aws4-hmac-sha256", "scram-sha-1", "scram-sha-256",
                       "sharedkey", "sharedaccesssignature", "splunk", "gsslogin", "googlelogin"))
+
+
+# What a tokenizer or model config calls a token: a special token (eos_token: </s>, pad_token: [PAD],
+# "image_token": "<|image|>") or a count (num_token: 5). Evidence, never a credential.
+_SPECIAL_TOKEN = re.compile(r"""["']?(?:<\|?[^<>|\s]{1,40}\|?>|\[[A-Z_]{1,20}\]|[0-9]{1,6})["']?\Z""")
+
+
+def _mask_named_value(match):
+    name, value = match.group(1), match.group(2)
+    if "token" in name.lower() and _SPECIAL_TOKEN.match(value):
+        return name + value
+    return name + _mask_value(value)
 
 
 def _mask_header(match):
@@ -131,13 +149,15 @@ _REPLACERS = {
     "pem": _mask_pem,
     "header": _mask_header,
     "value": lambda match: match.group(1) + _mask_value(match.group(2)),
+    "named": _mask_named_value,
     "json-argv": _mask_json_argv,
     "whole": lambda match: MASK,
 }
 
 
 def _known_secrets(secrets):
-    """The secrets as a list of distinct non-empty strings, longest first; a lone string is one secret."""
+    """The secrets as distinct non-empty strings, each with the forms a server or a log may echo it in (JSON-escaped,
+    URL-encoded); a lone string is one secret."""
     if secrets is None:
         return []
     if isinstance(secrets, (str, bytes)):
@@ -150,44 +170,61 @@ def _known_secrets(secrets):
             secret = secret.decode("utf-8", "replace")
         secret = str(secret)
         if secret:
-            values.add(secret)
+            escaped = json.dumps(secret)[1:-1]
+            values.update((secret, escaped, escaped.replace("/", "\\/"), quote(secret, safe="")))
     return sorted(values, key=lambda value: (-len(value), value))
 
 
-def _mask_prefixes(text, secret):
-    """Masks every run of MIN_PIECE or more characters that starts like `secret` (what a cut leaves of it)."""
+# ASCII letters only, so that the folded text keeps its length (str.lower() may not, outside ASCII).
+_FOLD = dict((ord(letter), ord(letter.lower())) for letter in string.ascii_uppercase)
+
+
+def _prefix_spans(folded, secret):
+    """(start, end) of each run of `folded` that starts like `secret`: the whole of it, or a piece a cut left
+    (MIN_PIECE characters or more). Linear: the search resumes after each run."""
     seed = secret[:MIN_PIECE]
-    pieces = []
-    start = 0
-    found = text.find(seed)
+    spans = []
+    found = folded.find(seed)
     while found != -1:
-        end = found + MIN_PIECE
-        while end < len(text) and end - found < len(secret) and text[end] == secret[end - found]:
+        end = found + len(seed)
+        while end < len(folded) and end - found < len(secret) and folded[end] == secret[end - found]:
             end += 1
-        pieces.append(text[start:found])
-        pieces.append(MASK)
-        start = end
-        found = text.find(seed, end)
-    pieces.append(text[start:])
-    return "".join(pieces)
+        spans.append((found, end))
+        found = folded.find(seed, end)
+    return spans
 
 
-def _mask_line_start_suffixes(text, secret):
-    """Masks a suffix (MIN_PIECE or more characters) of `secret` that opens the text or one of its lines."""
-    starts = {}
-    for position in range(1, len(secret) - MIN_PIECE + 1):
-        starts.setdefault(secret[position:position + MIN_PIECE], []).append(position)
-    lines = text.splitlines(True)
-    for number, line in enumerate(lines):
-        positions = starts.get(line[:MIN_PIECE])
-        if not positions:
+def _secret_spans(text, secrets):
+    """Where the known secrets, or the pieces a cut left of them (a prefix, or a suffix, of MIN_PIECE characters or
+    more), stand in `text`, in any letter case."""
+    folded = text.translate(_FOLD)
+    backwards = folded[::-1]
+    spans = []
+    for secret in secrets:
+        secret = secret.translate(_FOLD)
+        if len(secret) < MIN_PIECE:
+            start = folded.find(secret)
+            while start != -1:
+                spans.append((start, start + len(secret)))
+                start = folded.find(secret, start + len(secret))
             continue
-        # Only the suffixes that end within the line: for a short line and a repetitive secret, a few, not all.
-        for position in positions[bisect.bisect_left(positions, len(secret) - len(line)):]:
-            if line.startswith(secret[position:]):
-                lines[number] = MASK + line[len(secret) - position:]
-                break
-    return "".join(lines)
+        spans += _prefix_spans(folded, secret)
+        spans += [(len(text) - end, len(text) - start) for start, end in _prefix_spans(backwards, secret[::-1])]
+    return spans
+
+
+def _mask_spans(text, spans):
+    pieces = []
+    done = 0
+    for start, end in sorted(spans):
+        if end <= done:
+            continue
+        if start >= done:
+            pieces.append(text[done:start])
+            pieces.append(MASK)
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def redact(text, secrets=(), shapes=True):
@@ -199,12 +236,9 @@ def redact(text, secrets=(), shapes=True):
         return text
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    for secret in _known_secrets(secrets):
-        text = text.replace(secret, MASK)
-    for secret in _known_secrets(secrets):
-        if len(secret) > MIN_PIECE:
-            text = _mask_prefixes(text, secret)
-            text = _mask_line_start_suffixes(text, secret)
+    known = _known_secrets(secrets)
+    if known:
+        text = _mask_spans(text, _secret_spans(text, known))
     if shapes:
         for pattern, kind in _PATTERNS:
             text = pattern.sub(_REPLACERS[kind], text)

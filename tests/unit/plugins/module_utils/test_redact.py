@@ -126,6 +126,9 @@ EVIDENCE = [
     "vllm:prompt_tokens_total{model_name=\"tiny\"} 42.0",
     "ERROR: Unrecognized token usage in request",
     "https://huggingface.co/api/models/org/model/revision/main",
+    # Found by review: a tokenizer's special tokens and token counts.
+    "eos_token: </s>, bos_token: <s>, pad_token: [PAD], unk_token: <unk>",
+    "{'eos_token': '<|endoftext|>', 'image_token': '<|image|>', 'token': 5}",
 ]
 
 
@@ -201,6 +204,21 @@ def test_the_authorization_scheme_stays_readable():
 def test_known_secrets_are_masked_wherever_they_appear():
     masked = redact("echo=%s;len=3 x%sx" % (KEY, KEY), secrets=[KEY])
     assert survivors(masked, KEY) == []
+
+
+ODD_KEY = 'sk-redteam-0123"4567/89abcdef\\x'
+
+
+@pytest.mark.parametrize("key, echo", [
+    ("sk-redteam-0123456789abcdef", "model SK-REDTEAM-0123456789ABCDEF not found"),  # upper-cased by the server
+    ("sk-redteam-0123456789abcdef", "x redteam-0123456789abcdef rest"),  # cut at its start, mid-line
+    (ODD_KEY, '{"detail": "bad key sk-redteam-0123\\"4567\\/89abcdef\\\\x"}'),  # JSON, slashes escaped
+    (ODD_KEY, '{"detail": "bad key sk-redteam-0123\\"4567/89abcdef\\\\x"}'),  # JSON
+    (ODD_KEY, "GET /v1?q=sk-redteam-0123%224567%2F89abcdef%5Cx HTTP/1.1"),  # URL-encoded
+])
+def test_a_known_key_echoed_changed_or_cut_leaves_nothing_readable(key, echo):
+    masked = redact(echo, secrets=[key]).lower()
+    assert "redteam" not in masked and "4567" not in masked and "89abcdef" not in masked, masked
 
 
 def test_a_lone_string_is_one_secret_not_a_list_of_characters():
