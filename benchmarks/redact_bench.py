@@ -25,6 +25,8 @@ HOSTILE = {
     "Authorization: repeated": "Authorization: ",
     "URL userinfo repeated": "https://u:",
     "quotes": "'",
+    "unclosed lists after a name": "token: [",
+    "JWT-like runs": "eyJ-",
 }
 
 

@@ -95,6 +95,31 @@ NAMED_SHAPES = [
     "https://example.com/cb?code=1&access_token={s}",
     "https://maps.example.com/api?key={s}",
     "curl -u admin:{s} https://grafana:3000/api",
+    # found by review: Kubernetes, credential files, other tools' flags and environments, XML, reprs
+    '{"name": "HF_TOKEN", "value": "{s}"}',
+    '"last-applied-configuration": "{\\"api_key\\": \\"{s}\\"}"',
+    "  openaiApiKey: {s}",
+    "machine api.example.com login bob password {s}",
+    "https://{s}@github.com/org/repo.git",
+    "https://{s}:x-oauth-basic@github.com",
+    "DefaultEndpointsProtocol=https;AccountName=x;AccountKey={s};EndpointSuffix=core.windows.net",
+    '"private_key_id": "{s}"',
+    "Ocp-Apim-Subscription-Key: {s}",
+    "PGPASSWORD={s} psql -h db",
+    "MYSQL_PWD={s}",
+    "OPENAI_KEY={s}",
+    "mysql -u root -p{s} metrics",
+    "tool --openai-api-key {s} --model x",
+    "tool --api-token={s}",
+    "aws configure --access-key {s}",
+    "bearer={s}",
+    "<password>{s}</password>",
+    '<add key="ApiKey" value="{s}"/>',
+    "token = b'{s}'",
+    "api_key = SecretStr('{s}')",
+    'token="{s}',
+    "db_pass={s}",
+    "token\uff1a{s}",
 ]
 
 # Secrets recognisable by their shape alone, wherever they stand.
@@ -110,6 +135,8 @@ SHAPED_SECRETS = [
     "AKIAIOSFODNN7EXAMPLE",
     "AIzaSyAb3dEf6hIj9kLm2nOp5qRs8tUvWx1yZ2",
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "npm_Ab3dEf6hIj9kLm2nOp5qRs8tUvWx1yZ2Ab3d",
+    "pypi-AgEIcHlwaS5vcmcAb3dEf6hIj9kLm2nOp5qRs8t",
 ]
 
 # What redaction must leave alone: the evidence an SRE reads.
@@ -168,6 +195,16 @@ def test_a_pem_private_key_is_masked_between_its_markers_and_the_lines_stay():
     assert "MIIEowIBAAKCAQEA7bq" not in masked and "ZXhhbXBsZWtleQ" not in masked
     assert masked.count("\n") == text.count("\n")
     assert masked.startswith("before\n-----BEGIN RSA PRIVATE KEY-----\n") and masked.endswith("after")
+
+
+def test_a_netrc_password_on_a_line_of_its_own_is_masked():
+    masked = redact("machine api.example.com\n  login bob\n  password %s\n" % KEY)
+    assert survivors(masked, KEY) == [] and "login bob" in masked
+
+
+def test_a_pgp_private_key_block_is_masked_too():
+    masked = redact("-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBGXabcdef\n-----END PGP PRIVATE KEY BLOCK-----")
+    assert "lQOYBGXabcdef" not in masked
 
 
 def test_a_pem_key_cut_before_its_end_marker_is_masked_to_the_end():
@@ -264,7 +301,9 @@ def test_the_filter_takes_a_string_or_a_list():
 
 # ---- properties ----
 
-SECRET_TEXT = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789", min_size=12, max_size=64)
+# 16 characters at least, as generated keys and tokens have: a URL's user (https://USER@host) counts as a token only
+# from 16 characters, below which it is as likely a user name.
+SECRET_TEXT = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789", min_size=16, max_size=64)
 LINE_TEXT = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=80)
 
 
