@@ -7,30 +7,47 @@ import threading
 import time
 
 
-class Hostile(object):
-    def __init__(self, behaviour):
+class Listener(object):
+    """A local TCP server on a free port that hands each connection to handle(), on its accepting thread.
+    Subclasses set what handle() needs before calling this __init__: accepting starts at once."""
+
+    def __init__(self, backlog=16):
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
+        self.listener.listen(backlog)
         self.port = self.listener.getsockname()[1]
-        self.behaviour = behaviour
-        self.held = []
-        threading.Thread(target=self.loop, daemon=True).start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def loop(self):
+    def _accept(self):
         while True:
             try:
                 conn, _addr = self.listener.accept()
             except OSError:
                 return
-            self.held.append(conn)
-            if self.behaviour == "headers-then-stall":
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc")
-            elif self.behaviour == "trickle":
-                conn.recv(65536)
-                threading.Thread(target=self.trickle, args=(conn,), daemon=True).start()
-            # "silent" and "tls-stall": accept and never say anything
+            self.handle(conn)
+
+    def handle(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.listener.close()
+
+
+class Hostile(Listener):
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.held = []
+        super(Hostile, self).__init__()
+
+    def handle(self, conn):
+        self.held.append(conn)
+        if self.behaviour == "headers-then-stall":
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc")
+        elif self.behaviour == "trickle":
+            conn.recv(65536)
+            threading.Thread(target=self.trickle, args=(conn,), daemon=True).start()
+        # "silent" and "tls-stall": accept and never say anything
 
     @staticmethod
     def trickle(conn):
@@ -43,6 +60,6 @@ class Hostile(object):
             pass
 
     def close(self):
-        self.listener.close()
+        super(Hostile, self).close()
         for conn in self.held:
             conn.close()
