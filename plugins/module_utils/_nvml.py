@@ -75,6 +75,43 @@ def _optional(call, *args):
         raise
 
 
+def _extra(call, *args):
+    """A reading the GPU selection does not depend on (power, clock event reasons): None where NVML cannot give it
+    (not supported, no permission under vGPU, missing from an older driver), so that such a failure never makes a
+    GPU unreadable for gpu_select or vllm_health. A lost GPU stays lost."""
+    try:
+        return _optional(call, *args)
+    except pynvml.NVMLError as exc:
+        if getattr(exc, "value", None) == pynvml.NVML_ERROR_GPU_IS_LOST:
+            raise
+        return None
+
+
+def _watts(call, handle):
+    milliwatts = _extra(call, handle)
+    return None if milliwatts is None else int(milliwatts) / 1000.0
+
+
+def _clocks_event_reasons(handle):
+    """The bitmask of why the clocks are held down (the nvmlClocksEventReason* bits), or None. Drivers before r535
+    and older bindings know the call only by its former name, CurrentClocksThrottleReasons, with the same bits."""
+    for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+        call = getattr(pynvml, name, None)
+        if call is None:  # a binding that predates the name
+            continue
+        try:
+            reasons = _optional(call, handle)
+        except pynvml.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            if code == pynvml.NVML_ERROR_GPU_IS_LOST:
+                raise
+            if code == pynvml.NVML_ERROR_FUNCTION_NOT_FOUND:  # a driver that predates the name
+                continue
+            return None
+        return None if reasons is None else int(reasons)
+    return None
+
+
 def _processes(handle):
     found = []
     for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
@@ -127,6 +164,9 @@ def _device(index, handle):
         "mig_enabled": mig_enabled,
         "mig_devices": _mig_devices(handle) if mig_enabled else [],
         "processes": _processes(handle),
+        "power_usage_w": _watts(pynvml.nvmlDeviceGetPowerUsage, handle),
+        "power_limit_w": _watts(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle),
+        "clocks_event_reasons": _clocks_event_reasons(handle),
     }
 
 
