@@ -53,6 +53,9 @@ def default_state(host="lab", gpu_count=8):
             "mig_mode": False,
             "ecc_uncorrected_volatile": 0,
             "ecc_corrected_volatile": 0,
+            "power_usage_w": 70 + 5 * (index % 4),
+            "power_limit_w": 700,  # an H100 SXM's
+            "clocks_event_reasons": 0,  # a bitmask of nvmlClocksEventReason* bits
             "numa_node": 0 if index < gpu_count // 2 else 1,
             "pci_switch": index // 2,
             "host_bridge": index // 2,
@@ -310,7 +313,14 @@ class Nvml:
             self._check(lib.nvmlDeviceGetMigMode(handle, ctypes.byref(current), ctypes.byref(pending)))
             return current.value, pending.value
 
+        def unsigned(call, kind=ctypes.c_uint):
+            value = kind()
+            self._check(call(handle, ctypes.byref(value)))
+            return value.value
+
         util = self._optional(utilization)
+        power = self._optional(lambda: unsigned(lib.nvmlDeviceGetPowerUsage))
+        limit = self._optional(lambda: unsigned(lib.nvmlDeviceGetEnforcedPowerLimit))
         info.update({
             "index": index.value,
             "serial": self._string(lib.nvmlDeviceGetSerial, handle, size=32),
@@ -321,6 +331,10 @@ class Nvml:
             "utilization_gpu": util.gpu if util else None,
             "utilization_memory": util.memory if util else None,
             "mig_mode": self._optional(mig_mode),
+            "power_usage_w": None if power is None else power / 1000,
+            "power_limit_w": None if limit is None else limit / 1000,
+            "clocks_event_reasons": self._optional(
+                lambda: unsigned(lib.nvmlDeviceGetCurrentClocksEventReasons, ctypes.c_ulonglong)),
             "mig_devices": [self.device(mig) for mig in self.mig_handles(handle)],
         })
         return info

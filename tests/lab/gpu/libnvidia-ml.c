@@ -12,7 +12,7 @@
  * GPUs are enumerated, renumbered from 0, with their real UUIDs.
  *
  * Return codes follow NVML: DRIVER_NOT_LOADED when the state says so, NOT_SUPPORTED for utilization on
- * MIG, GPU_IS_LOST for a lost GPU, INSUFFICIENT_SIZE for short process buffers, and so on.
+ * MIG and for power and clocks on a MIG device handle, GPU_IS_LOST for a lost GPU, INSUFFICIENT_SIZE for short process buffers, and so on.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -96,6 +96,8 @@ struct gpu {
     unsigned util_gpu, util_mem, temperature;
     int persistence, mig_mode, mig_pending, lost, mig_capable;
     unsigned long long ecc_uv, ecc_cv, ecc_ua, ecc_ca;
+    unsigned power_usage_mw, power_limit_mw;
+    unsigned long long clocks_event_reasons;
     int numa_node, host_bridge, pci_switch;
     unsigned pci_device_id;
     int n_mig;
@@ -182,6 +184,10 @@ static void load_gpu(struct gpu *g, const struct jnode *j, unsigned index, int s
     g->ecc_cv = (unsigned long long)json_num(j, "ecc_corrected_volatile", 0);
     g->ecc_ua = (unsigned long long)json_num(j, "ecc_uncorrected_aggregate", (double)g->ecc_uv);
     g->ecc_ca = (unsigned long long)json_num(j, "ecc_corrected_aggregate", (double)g->ecc_cv);
+    /* Watts in the state file, milliwatts in NVML's answers; 700 W is an H100 SXM's limit. */
+    g->power_usage_mw = (unsigned)(json_num(j, "power_usage_w", 70) * 1000.0 + 0.5);
+    g->power_limit_mw = (unsigned)(json_num(j, "power_limit_w", 700) * 1000.0 + 0.5);
+    g->clocks_event_reasons = (unsigned long long)json_num(j, "clocks_event_reasons", 0);
     g->numa_node = (int)json_num(j, "numa_node", 0);
     g->host_bridge = (int)json_num(j, "host_bridge", g->numa_node);
     g->pci_switch = (int)json_num(j, "pci_switch", (double)index);
@@ -822,6 +828,52 @@ nvmlReturn_t nvmlDeviceGetTotalEccErrors(void *device, int error_type, int count
     else
         *count = counter_type == 0 ? g->ecc_cv : g->ecc_ca;
     return leave(NVML_SUCCESS);
+}
+
+/* ---- power and clocks (a MIG device handle gets NOT_SUPPORTED from enter(), as from the real library) ---- */
+
+/* Milliwatts. */
+nvmlReturn_t nvmlDeviceGetPowerUsage(void *device, unsigned int *power)
+{
+    struct gpu *g;
+    nvmlReturn_t r = enter(device, &g, NULL);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (!power)
+        return leave(NVML_ERROR_INVALID_ARGUMENT);
+    *power = g->power_usage_mw;
+    return leave(NVML_SUCCESS);
+}
+
+/* Milliwatts. */
+nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(void *device, unsigned int *limit)
+{
+    struct gpu *g;
+    nvmlReturn_t r = enter(device, &g, NULL);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (!limit)
+        return leave(NVML_ERROR_INVALID_ARGUMENT);
+    *limit = g->power_limit_mw;
+    return leave(NVML_SUCCESS);
+}
+
+/* A bitmask of nvmlClocksEventReason* (r535 renamed them from nvmlClocksThrottleReason*; same bits). */
+nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(void *device, unsigned long long *reasons)
+{
+    struct gpu *g;
+    nvmlReturn_t r = enter(device, &g, NULL);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (!reasons)
+        return leave(NVML_ERROR_INVALID_ARGUMENT);
+    *reasons = g->clocks_event_reasons;
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(void *device, unsigned long long *reasons)
+{
+    return nvmlDeviceGetCurrentClocksEventReasons(device, reasons);
 }
 
 nvmlReturn_t nvmlDeviceGetPersistenceMode(void *device, int *mode)
