@@ -21,7 +21,9 @@ if [ -d "$stale" ] && [ ! -L "$stale" ]; then
 fi
 
 stage_unit() {
-    pytest tests/unit -q -p no:cacheprovider
+    # tests/monitoring checks the rules with Debian's promtool and exporters, unpacked into build/tools/bin.
+    tools/fetch-prometheus-tools.sh || return 1
+    pytest tests/unit tests/monitoring -q -p no:cacheprovider
 }
 
 stage_sanity() {
