@@ -1,0 +1,247 @@
+"""The monitoring role's alert and recording rules, rendered by the role's own task file and checked by Debian's
+promtool (tools/fetch-prometheus-tools.sh puts it in build/tools/bin):
+
+- `promtool test rules` runs every case in tests/monitoring/rules; each alert must have a case where it fires and
+  one where it stays silent, and each alert with a `for:` a silent case before the firing one;
+- every metric a rule selects is exported by the real vLLM (its /metrics, captured from the real-vLLM lab), by the
+  collection's GPU collector, by Debian's node exporter or by Debian's blackbox exporter;
+- every alert names a runbook or docs section that exists;
+- bad thresholds are refused before anything is written.
+"""
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from monitoring_sources import (blackbox_probe_metric_names, collector_metric_names, node_exporter_metric_names,
+                                node_exporter_text, vllm_histogram_buckets, vllm_metric_names)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+TOOLS = os.path.join(ROOT, "build", "tools", "bin")
+RULE_TESTS = os.path.join(HERE, "rules")
+ROLE = os.path.join(ROOT, "roles", "monitoring")
+# Series Prometheus writes itself for every target.
+PROMETHEUS_SERIES = {"up"}
+PROMQL_KEYWORDS = {"and", "or", "unless", "offset", "bool", "by", "without", "on", "ignoring", "group_left",
+                   "group_right", "inf", "nan"}
+
+
+def tool(name):
+    path = os.path.join(TOOLS, name)
+    if not os.access(path, os.X_OK):
+        pytest.fail("%s is missing: run tools/fetch-prometheus-tools.sh (make fast and make test do)" % path)
+    return path
+
+
+def render(dest, extra_vars=None):
+    """Runs the role's rules task into `dest`; returns the CompletedProcess."""
+    args = {"rules_dir": str(dest), "promtool": tool("promtool")}
+    args.update(extra_vars or {})
+    return subprocess.run(["ansible-playbook", os.path.join(HERE, "render-rules.yml"), "-i", "localhost,",
+                           "-e", json.dumps(args)], capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("rules")
+    result = render(dest)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    files = sorted(glob.glob(os.path.join(str(dest), "*.rules.yml")))
+    assert [os.path.basename(f) for f in files] == ["inferops-gpu.rules.yml", "inferops-slo.rules.yml",
+                                                    "inferops-vllm.rules.yml"]
+    return dest
+
+
+def rules_of(directory):
+    for path in sorted(glob.glob(os.path.join(str(directory), "*.rules.yml"))):
+        with open(path) as handle:
+            for group in yaml.safe_load(handle)["groups"]:
+                for rule in group["rules"]:
+                    yield rule
+
+
+def alert_rules(directory):
+    return [rule for rule in rules_of(directory) if "alert" in rule]
+
+
+def test_promtool_checks_every_rule_file(rendered):
+    for path in sorted(glob.glob(os.path.join(str(rendered), "*.rules.yml"))):
+        result = subprocess.run([tool("promtool"), "check", "rules", path], capture_output=True, text=True,
+                                check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout
+
+
+def strip_annotations(source, dest):
+    """The unit tests of behaviour compare labels only: promtool compares annotations too, whole, so the cases
+    that check the annotations' text run on the full files (rules/annotations.test.yml)."""
+    os.makedirs(dest)
+    for path in glob.glob(os.path.join(str(source), "*.rules.yml")):
+        with open(path) as handle:
+            document = yaml.safe_load(handle)
+        for group in document["groups"]:
+            for rule in group["rules"]:
+                rule.pop("annotations", None)
+        with open(os.path.join(dest, os.path.basename(path)), "w") as handle:
+            yaml.safe_dump(document, handle, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def unit_test_dir(rendered, tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("promtool-tests"))
+    shutil.copytree(str(rendered), os.path.join(work, "full"))
+    strip_annotations(rendered, os.path.join(work, "bare"))
+    for path in glob.glob(os.path.join(RULE_TESTS, "*.test.yml")):
+        shutil.copy(path, work)
+    return work
+
+
+def test_promtool_unit_tests_pass(unit_test_dir):
+    files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(unit_test_dir, "*.test.yml")))
+    assert files, "no promtool test files in %s" % RULE_TESTS
+    result = subprocess.run([tool("promtool"), "test", "rules"] + files, cwd=unit_test_dir, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+    assert result.stdout.count("SUCCESS") == len(files), result.stdout
+
+
+def test_cases():
+    """(alertname, group index, eval seconds, fires) of every alert case in the promtool test files."""
+    cases = []
+    for path in sorted(glob.glob(os.path.join(RULE_TESTS, "*.test.yml"))):
+        with open(path) as handle:
+            document = yaml.safe_load(handle)
+        for index, group in enumerate(document["tests"]):
+            for case in group.get("alert_rule_test") or []:
+                cases.append((case["alertname"], "%s#%d" % (os.path.basename(path), index),
+                              duration_seconds(case["eval_time"]), bool(case.get("exp_alerts"))))
+    return cases
+
+
+test_cases.__test__ = False
+
+
+def duration_seconds(text):
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", str(text)):
+        total += int(number) * units[unit]
+    return total
+
+
+def test_every_alert_fires_in_one_case_and_stays_silent_in_another(rendered):
+    cases = test_cases()
+    alerts = {rule["alert"]: rule for rule in alert_rules(rendered)}
+    fired = {name for name, _group, _at, fires in cases if fires}
+    silent = {name for name, _group, _at, fires in cases if not fires}
+    assert sorted(set(alerts) - fired) == [], "alerts with no case where they fire"
+    assert sorted(set(alerts) - silent) == [], "alerts with no case where they stay silent"
+    assert sorted({name for name, _g, _a, _f in cases} - set(alerts)) == [], "cases for alerts that do not exist"
+    # The `for:` edge: a case in the same test group where the alert is still silent before it fires.
+    missing_edge = []
+    for name, rule in alerts.items():
+        if not rule.get("for"):
+            continue
+        groups = {group for n, group, _at, fires in cases if n == name and fires}
+        if not any(n == name and not fires and group in groups and at < max(
+                a for n2, g2, a, f2 in cases if n2 == name and g2 == group and f2)
+                   for n, group, at, fires in cases):
+            missing_edge.append(name)
+    assert missing_edge == [], "alerts with a for: and no silent case before the firing one in the same group"
+
+
+def test_every_alert_names_a_runbook_that_exists(rendered):
+    with open(os.path.join(ROOT, "docs", "monitoring.md")) as handle:
+        anchors = {re.sub(r"[^a-z0-9 _-]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+                   for line in handle if line.startswith("#")}
+    problems = []
+    for rule in alert_rules(rendered):
+        runbook = rule.get("annotations", {}).get("runbook", "")
+        if not runbook:
+            problems.append("%s: no runbook annotation" % rule["alert"])
+        for part in filter(None, (p.strip() for p in runbook.split(";"))):
+            path, _hash, anchor = part.partition("#")
+            if not os.path.isfile(os.path.join(ROOT, path)):
+                problems.append("%s: %s does not exist" % (rule["alert"], path))
+            elif anchor and anchor not in anchors:
+                problems.append("%s: %s has no section #%s" % (rule["alert"], path, anchor))
+        if not rule.get("annotations", {}).get("summary"):
+            problems.append("%s: no summary" % rule["alert"])
+        if rule.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+            problems.append("%s: severity is not critical, warning or info" % rule["alert"])
+    assert problems == []
+
+
+def selected_metrics(expr):
+    """The metric names a PromQL expression selects (not functions, keywords, label names or durations)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w:.])[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+        if expr[match.end():].lstrip().startswith("(") or match.group(0).lower() in PROMQL_KEYWORDS:
+            continue
+        names.add(match.group(0))
+    return names
+
+
+def test_selected_metrics_parser():
+    assert selected_metrics('sum by (job, le) (rate(vllm:x_bucket{job="vllm",le=~"10(\\\\.0)?"}[5m])) > 0.5'
+                            ' and on (host) up offset 15m unless time() - y > 1e9') == {"vllm:x_bucket", "up", "y"}
+
+
+def test_rules_select_only_metrics_that_real_exporters_export(rendered):
+    recorded = {rule["record"] for rule in rules_of(rendered) if "record" in rule}
+    exported = (vllm_metric_names() | collector_metric_names(tool) | node_exporter_metric_names(tool)
+                | blackbox_probe_metric_names(tool) | PROMETHEUS_SERIES | recorded)
+    unknown = {}
+    for rule in rules_of(rendered):
+        for name in selected_metrics(rule["expr"]) - exported:
+            unknown.setdefault(name, []).append(rule.get("alert") or rule.get("record"))
+    assert unknown == {}, "rules select metrics no exporter exports"
+
+
+def test_the_node_exporter_reads_the_collectors_file_whole():
+    text = node_exporter_text(tool)
+    assert re.search(r"^node_textfile_scrape_error 0$", text, re.M), text[-2000:]
+    assert collector_metric_names(tool) == collector_metric_names()
+
+
+def test_latency_buckets_are_the_real_servers(rendered):
+    with open(os.path.join(ROLE, "vars", "main.yml")) as handle:
+        declared = yaml.safe_load(handle)["monitoring_vllm_e2e_latency_buckets"]
+    assert [float(b) for b in declared] == vllm_histogram_buckets("vllm:e2e_request_latency_seconds")
+
+
+def test_a_threshold_is_overridden_by_name_and_the_others_keep_their_defaults(tmp_path):
+    result = render(tmp_path, {"monitoring_alert_thresholds": {"vllm_requests_waiting": 120}})
+    assert result.returncode == 0, result.stdout[-3000:]
+    by_name = {rule["alert"]: rule for rule in alert_rules(tmp_path)}
+    assert by_name["VllmQueueBacklog"]["expr"].rstrip().endswith("> 120")
+    assert by_name["VllmKvCacheNearlyFull"]["expr"].rstrip().endswith("> 0.95")
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"monitoring_alert_thresholds": {"vllm_requests_waiting": "lots"}}, "monitoring_alert_thresholds"),
+    ({"monitoring_alert_thresholds": {"gpu_temprature_celsius": 80}}, "monitoring_alert_thresholds"),
+    ({"monitoring_alert_thresholds": {"vllm_error_ratio": 10}}, "monitoring_alert_thresholds"),
+    ({"monitoring_alert_thresholds": {"vllm_ttft_p99_seconds": -1}}, "monitoring_alert_thresholds"),
+    ({"monitoring_slo_latency": [{"name": "p95", "threshold_seconds": 7, "objective": 0.95}]}, "threshold_seconds"),
+    ({"monitoring_slo_latency": [{"name": "p95\n- alert: X", "threshold_seconds": 10, "objective": 0.95}]},
+     "monitoring_slo_latency"),
+    ({"monitoring_slo_availability": 99.9}, "monitoring_slo_availability"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, extra, named):
+    dest = tmp_path / "rules.d"
+    result = render(dest, extra)
+    assert result.returncode != 0
+    assert named in result.stdout, result.stdout[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not dest.exists()
