@@ -1,6 +1,9 @@
 """/metrics: the content type, the metrics the collection reads (plugins/module_utils/_vllm_metrics.py) with their
 types and labels, request_success's finished_reason, counters that move with traffic; and every metric the
-emulator exports exists on the real server with the same type, labels and buckets."""
+emulator exports exists on the real server with the same type, labels and buckets; the capture of the real
+server's /metrics that tests/monitoring holds the alert rules to is still what the server exports."""
+
+import os
 
 import pytest
 
@@ -85,3 +88,31 @@ def test_every_metric_the_emulator_exports_is_on_the_real_server(real_main, emul
     real, emulated = shape(metrics(real_main)[1]), shape(metrics(emulator_main)[1])
     assert sorted(set(emulated) - set(real)) == []
     assert dict((name, real[name]) for name in emulated) == emulated
+
+
+def family_shapes(families, prefixes=("vllm:", "http_request")):
+    """name -> (type, label names, histogram buckets) of the families the monitoring rules and dashboards read."""
+    found = {}
+    for name, family in families.items():
+        if name.startswith(prefixes):
+            found[name] = (family.type, sorted(set(k for s in family.samples for k in s.labels if k != "le")),
+                           sorted(set(s.labels["le"] for s in family.samples if "le" in s.labels)))
+    return found
+
+
+def test_the_monitoring_fixture_is_what_the_real_server_exports(real_main):
+    """tests/monitoring holds the alert rules to a capture of the real server's /metrics: it must still be what the
+    real server exports (names, types, label names, buckets), or the rules are checked against a stale list."""
+    from prometheus_client.parser import text_string_to_metric_families
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "monitoring", "fixtures",
+                        "real-vllm-0.32.0.metrics")
+    with open(path) as handle:
+        captured = family_shapes({f.name: f for f in text_string_to_metric_families(handle.read())})
+    # The capture was taken after a completion, a 404 and a 400; a completion makes the live server's HTTP families
+    # and histograms carry samples too.
+    generate(real_main, "/v1/completions", {"model": "tiny", "prompt": "one two", "max_tokens": 3}, KEYS[0])
+    live = family_shapes(metrics(real_main)[1])
+    assert sorted(set(live) ^ set(captured)) == []
+    assert {name: live[name][0] for name in captured} == {name: shape[0] for name, shape in captured.items()}
+    assert {name: live[name][2] for name in captured} == {name: shape[2] for name, shape in captured.items()}
+    assert {name: live[name][1] for name in captured} == {name: shape[1] for name, shape in captured.items()}
