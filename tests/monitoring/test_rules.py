@@ -62,8 +62,7 @@ def rules_of(directory):
     for path in sorted(glob.glob(os.path.join(str(directory), "*.rules.yml"))):
         with open(path) as handle:
             for group in yaml.safe_load(handle)["groups"]:
-                for rule in group["rules"]:
-                    yield rule
+                yield from group["rules"]
 
 
 def alert_rules(directory):
@@ -148,10 +147,13 @@ def test_every_alert_fires_in_one_case_and_stays_silent_in_another(rendered):
     for name, rule in alerts.items():
         if not rule.get("for"):
             continue
-        groups = {group for n, group, _at, fires in cases if n == name and fires}
-        if not any(n == name and not fires and group in groups and at < max(
-                a for n2, g2, a, f2 in cases if n2 == name and g2 == group and f2)
-                   for n, group, at, fires in cases):
+        last_firing = {}
+        for case_name, group, at, fires in cases:
+            if case_name == name and fires:
+                last_firing[group] = max(at, last_firing.get(group, at))
+        silent_before = [group for case_name, group, at, fires in cases
+                         if case_name == name and not fires and group in last_firing and at < last_firing[group]]
+        if not silent_before:
             missing_edge.append(name)
     assert missing_edge == [], "alerts with a for: and no silent case before the firing one in the same group"
 
@@ -235,6 +237,8 @@ def test_a_threshold_is_overridden_by_name_and_the_others_keep_their_defaults(tm
     ({"monitoring_alert_thresholds": {"vllm_ttft_p99_seconds": -1}}, "monitoring_alert_thresholds"),
     ({"monitoring_slo_latency": [{"name": "p95", "threshold_seconds": 7, "objective": 0.95}]}, "threshold_seconds"),
     ({"monitoring_slo_latency": [{"name": "p95\n- alert: X", "threshold_seconds": 10, "objective": 0.95}]},
+     "monitoring_slo_latency"),
+    ({"monitoring_slo_latency": [{"name": "p95\n", "threshold_seconds": 10, "objective": 0.95}]},
      "monitoring_slo_latency"),
     ({"monitoring_slo_availability": 99.9}, "monitoring_slo_availability"),
 ])

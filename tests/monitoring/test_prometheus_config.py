@@ -1,0 +1,149 @@
+"""The monitoring role's Prometheus, web and Alertmanager configurations, rendered from an inventory by the role's
+templates and checked by Debian's promtool and amtool: the targets and their labels come from the inventory
+(vllm_instances of vllm_hosts, the node exporters of gpu_hosts), instances that serve HTTPS are scraped over HTTPS
+under the same job, and bad options are refused by the role's checks before anything is written."""
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from test_rules import tool
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+INVENTORY = {
+    "all": {
+        "children": {
+            "monitoring_hosts": {"hosts": {"mon-1": {"ansible_connection": "local"}}},
+            "gpu_hosts": {
+                "hosts": {"gpu-c": {"ansible_host": "10.0.0.7", "monitoring_node_exporter_listen_address": ":9111"}},
+                "children": {"vllm_hosts": {"hosts": {
+                    "gpu-a": {"ansible_host": "10.0.0.5",
+                              "vllm_instances": [{"name": "chat", "port": 8001}, {"name": "embed"}]},
+                    "gpu-b": {"monitoring_scrape_address": "gpu-b.internal", "vllm_tls_cert_src": "files/b.crt",
+                              "vllm_instances": [{"name": "secure", "port": 8443}]},
+                }}},
+            },
+        },
+    },
+}
+
+
+def render(tmp_path, extra=None):
+    out = tmp_path / "out"
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump(INVENTORY))
+    tls = tmp_path / "tls"
+    tls.mkdir(exist_ok=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tls / "web.key"),
+                    "-out", str(tls / "web.crt"), "-days", "2", "-subj", "/CN=mon-1"], check=True,
+                   capture_output=True)
+    args = {"out": str(out), "promtool": tool("promtool"), "amtool": tool("amtool"),
+            "monitoring_prometheus_tls_dir": str(tls), "monitoring_prometheus_rules_dir": str(tmp_path / "rules")}
+    args.update(extra or {})
+    out.mkdir()
+    result = subprocess.run(["ansible-playbook", os.path.join(HERE, "render-prometheus.yml"), "-i", str(inventory),
+                             "-e", json.dumps(args)], capture_output=True, text=True, timeout=300, check=False)
+    return result, out
+
+
+def load(out, name):
+    with open(os.path.join(str(out), name)) as handle:
+        return yaml.safe_load(handle)
+
+
+def jobs(config):
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
+def test_targets_and_labels_come_from_the_inventory(tmp_path):
+    result, out = render(tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:]
+    config = jobs(load(out, "prometheus.yml"))
+    assert config["vllm"]["static_configs"] == [
+        {"targets": ["10.0.0.5:8001"], "labels": {"host": "gpu-a", "vllm_instance": "chat"}},
+        {"targets": ["10.0.0.5:8000"], "labels": {"host": "gpu-a", "vllm_instance": "embed"}}]
+    assert config["vllm_https"]["scheme"] == "https"
+    assert config["vllm_https"]["static_configs"] == [
+        {"targets": ["gpu-b.internal:8443"], "labels": {"host": "gpu-b", "vllm_instance": "secure"}}]
+    # Both land in job="vllm", which the rules select.
+    assert config["vllm_https"]["relabel_configs"] == [{"target_label": "job", "replacement": "vllm"}]
+    assert config["vllm_https"]["tls_config"] == {"insecure_skip_verify": True}
+    assert config["node"]["static_configs"] == [
+        {"targets": ["10.0.0.5:9100"], "labels": {"host": "gpu-a"}},
+        {"targets": ["gpu-b.internal:9100"], "labels": {"host": "gpu-b"}},
+        {"targets": ["10.0.0.7:9111"], "labels": {"host": "gpu-c"}}]
+    assert config["prometheus"]["static_configs"][0]["targets"] == ["127.0.0.1:9090"]
+    assert config["alertmanager"]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
+    whole = load(out, "prometheus.yml")
+    assert whole["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
+    assert whole["rule_files"] == [str(tmp_path / "rules") + "/*.rules.yml"]
+    assert whole["global"] == {"scrape_interval": "15s", "evaluation_interval": "15s"}
+
+
+def test_without_a_webhook_alerts_go_nowhere_and_with_one_they_go_there(tmp_path):
+    result, out = render(tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert load(out, "alertmanager.yml")["receivers"] == [{"name": "default"}]
+    assert load(out, "web.yml") == {}
+
+    other = tmp_path / "second"
+    other.mkdir()
+    url = "https://hooks.example.internal/T0K3N-in-path"
+    result, out = render(other, {"monitoring_alertmanager_webhook_url": url})
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert load(out, "alertmanager.yml")["receivers"] == [
+        {"name": "default", "webhook_configs": [{"url": url, "send_resolved": True}]}]
+    assert "T0K3N" not in result.stdout
+
+
+def test_tls_and_basic_auth_on_the_web_interface(tmp_path):
+    users = {"ops": "$2y$10$" + "a" * 53}
+    result, out = render(tmp_path, {"monitoring_prometheus_tls_cert_src": "web.crt",
+                                    "monitoring_prometheus_tls_key_src": "web.key",
+                                    "monitoring_prometheus_basic_auth_users": users,
+                                    "monitoring_prometheus_vllm_ca_src": "ca.crt"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    web = load(out, "web.yml")
+    assert web["basic_auth_users"] == users
+    assert web["tls_server_config"] == {"cert_file": str(tmp_path / "tls" / "web.crt"),
+                                        "key_file": str(tmp_path / "tls" / "web.key")}
+    config = jobs(load(out, "prometheus.yml"))
+    # With basic auth on, Prometheus does not scrape itself (it would need the password in its own config).
+    assert "prometheus" not in config
+    assert config["vllm_https"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "vllm-ca.crt")}
+    assert "$2y$10$" not in result.stdout
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"monitoring_prometheus_listen_address": "0.0.0.0:9090 --web.enable-admin-api"},
+     "monitoring_prometheus_listen_address and monitoring_alertmanager_listen_address are host:port"),
+    ({"monitoring_alertmanager_listen_address": "9093"},
+     "monitoring_prometheus_listen_address and monitoring_alertmanager_listen_address are host:port"),
+    ({"monitoring_prometheus_retention_time": "15 days"}, "are Prometheus durations"),
+    ({"monitoring_prometheus_retention_time": "15d\n"}, "are Prometheus durations"),
+    ({"monitoring_alertmanager_group_wait": "30s\nARGS=--x"}, "are Prometheus durations"),
+    ({"monitoring_alertmanager_webhook_url": "https://hook.example/a\nb"},
+     "monitoring_alertmanager_webhook_url is an http:// or https:// URL"),
+    ({"monitoring_alertmanager_webhook_url": "https://hook.example/a\n"},
+     "monitoring_alertmanager_webhook_url is an http:// or https:// URL"),
+    ({"monitoring_alertmanager_webhook_url": "file:///etc/shadow"},
+     "monitoring_alertmanager_webhook_url is an http:// or https:// URL"),
+    ({"monitoring_prometheus_basic_auth_users": {"ops": "plain-password"}},
+     "monitoring_prometheus_basic_auth_users maps user names"),
+    ({"monitoring_prometheus_basic_auth_users": {"ops\nx": "$2y$10$" + "a" * 53}},
+     "monitoring_prometheus_basic_auth_users maps user names"),
+    ({"monitoring_prometheus_basic_auth_users": ["ops"]}, "monitoring_prometheus_basic_auth_users maps user names"),
+    ({"monitoring_prometheus_tls_cert_src": "web.crt"},
+     "monitoring_prometheus_tls_cert_src and monitoring_prometheus_tls_key_src are set together"),
+])
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, extra, named):
+    result, out = render(tmp_path, extra)
+    assert result.returncode != 0
+    assert named in result.stdout, result.stdout[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert os.listdir(str(out)) == []
+    assert "plain-password" not in result.stdout
+    assert "shadow" not in result.stdout
