@@ -4,12 +4,13 @@ emulator exports exists on the real server with the same type, labels and bucket
 server's /metrics that tests/monitoring holds the alert rules to is still what the server exports."""
 
 import os
+import time
 
 import pytest
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_metrics
 from conformance_setup import KEYS
-from vllm_client import generate, metrics, total, wait_until
+from vllm_client import generate, metrics, request, total, wait_until
 
 KINDS = dict([(names[0], "gauge") for names in _vllm_metrics.GAUGES.values()] +
              [(names[0], "counter") for names in _vllm_metrics.COUNTERS.values()] +
@@ -17,6 +18,8 @@ KINDS = dict([(names[0], "gauge") for names in _vllm_metrics.GAUGES.values()] +
 LEGACY = [name for group in (_vllm_metrics.GAUGES, _vllm_metrics.COUNTERS, _vllm_metrics.HISTOGRAMS)
           for names in group.values() for name in names[1:]]
 LABELS = {"engine": "0", "model_name": "tiny"}
+# What the monitoring role's rules may read: vLLM's families, the HTTP server's, the process's.
+MONITORED = ("vllm:", "http_request", "process_")
 
 
 def test_metrics_are_prometheus_text_1_0(main):
@@ -71,16 +74,47 @@ def test_counters_move_with_traffic(main):
     assert delta("vllm:inter_token_latency_seconds", "_count") == 6
 
 
-def shape(families):
-    """name -> (type, label names, histogram buckets) of each vLLM family."""
+def shape(families, prefixes=("vllm:", "http_requests", "process_start_time_seconds")):
+    """name -> (type, label names, histogram buckets) of the families the collection and its alert rules read."""
     found = {}
     for name, family in families.items():
-        if not name.startswith("vllm:"):
-            continue
-        labels = sorted(set(k for s in family.samples for k in s.labels if k != "le"))
-        buckets = sorted(set(s.labels["le"] for s in family.samples if "le" in s.labels))
-        found[name] = (family.type, labels, buckets)
+        if name.startswith(prefixes):
+            found[name] = (family.type, sorted(set(k for s in family.samples for k in s.labels if k != "le")),
+                           sorted(set(s.labels["le"] for s in family.samples if "le" in s.labels)))
     return found
+
+
+def http_counts(families):
+    family = families.get("http_requests")
+    return {} if family is None else {(s.labels["handler"], s.labels["method"], s.labels["status"]): s.value
+                                      for s in family.samples if s.name == "http_requests_total"}
+
+
+def test_http_requests_are_counted_as_vllms_instrumentator_counts_them(main):
+    """The error-rate and availability alerts divide these counters: what counts, under which handler and status."""
+    before = http_counts(metrics(main)[1])
+    generate(main, "/v1/completions", {"model": "tiny", "prompt": "one two", "max_tokens": 2}, KEYS[0])
+    request(main.url + "/v1/completions", "POST", {"model": "no-such-model", "prompt": "one"}, KEYS[0])
+    request(main.url + "/v1/models", key=KEYS[0])
+    request(main.url + "/v1/models")                      # 401: the API-key check answers first, uncounted
+    request(main.url + "/v1/no-such-route", key=KEYS[0])  # no route: handler "none"
+    for path in ("/health", "/version", "/ping", "/load"):
+        request(main.url + path)                          # excluded handlers
+    expected = {("/v1/completions", "POST", "2xx"): 1, ("/v1/completions", "POST", "4xx"): 1,
+                ("/v1/models", "GET", "2xx"): 1, ("none", "GET", "4xx"): 1}
+
+    def moved():
+        after = http_counts(metrics(main)[1])
+        delta = {key: value - before.get(key, 0) for key, value in after.items() if value != before.get(key, 0)}
+        return delta if delta == expected else None
+
+    assert wait_until(moved) == expected, http_counts(metrics(main)[1])
+
+
+def test_process_start_time_is_exported(main):
+    family = metrics(main)[1]["process_start_time_seconds"]
+    assert family.type == "gauge"
+    assert 1.7e9 < family.samples[0].value <= time.time()
 
 
 @pytest.mark.both_servers
@@ -90,16 +124,6 @@ def test_every_metric_the_emulator_exports_is_on_the_real_server(real_main, emul
     assert dict((name, real[name]) for name in emulated) == emulated
 
 
-def family_shapes(families, prefixes=("vllm:", "http_request")):
-    """name -> (type, label names, histogram buckets) of the families the monitoring rules and dashboards read."""
-    found = {}
-    for name, family in families.items():
-        if name.startswith(prefixes):
-            found[name] = (family.type, sorted(set(k for s in family.samples for k in s.labels if k != "le")),
-                           sorted(set(s.labels["le"] for s in family.samples if "le" in s.labels)))
-    return found
-
-
 def test_the_monitoring_fixture_is_what_the_real_server_exports(real_main):
     """tests/monitoring holds the alert rules to a capture of the real server's /metrics: it must still be what the
     real server exports (names, types, label names, buckets), or the rules are checked against a stale list."""
@@ -107,11 +131,11 @@ def test_the_monitoring_fixture_is_what_the_real_server_exports(real_main):
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "monitoring", "fixtures",
                         "real-vllm-0.32.0.metrics")
     with open(path) as handle:
-        captured = family_shapes({f.name: f for f in text_string_to_metric_families(handle.read())})
+        captured = shape({f.name: f for f in text_string_to_metric_families(handle.read())}, MONITORED)
     # The capture was taken after a completion, a 404 and a 400; a completion makes the live server's HTTP families
     # and histograms carry samples too.
     generate(real_main, "/v1/completions", {"model": "tiny", "prompt": "one two", "max_tokens": 3}, KEYS[0])
-    live = family_shapes(metrics(real_main)[1])
+    live = shape(metrics(real_main)[1], MONITORED)
     assert sorted(set(live) ^ set(captured)) == []
     assert {name: live[name][0] for name in captured} == {name: shape[0] for name, shape in captured.items()}
     assert {name: live[name][2] for name in captured} == {name: shape[2] for name, shape in captured.items()}

@@ -1,9 +1,14 @@
 """vLLM 0.33's Prometheus metrics that the collection reads (names, types, labels, buckets), written the way
 prometheus_client writes them (a counter's `_created` as its own gauge family), and moved by the traffic the
-emulator serves. Every family here exists on the real server with the same type and labels (tests/conformance)."""
+emulator serves. Every family here exists on the real server with the same type and labels (tests/conformance).
+Besides vLLM's own: the process start time (prometheus_client's process collector) and http_requests_total, which
+vLLM's prometheus-fastapi-instrumentator counts, as the alert rules read them."""
 
+import re
 import threading
 import time
+
+PROCESS_START = time.time()
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -13,6 +18,10 @@ REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 2
                            120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 BLOCK_SIZE = 16
+# vLLM's Instrumentator(excluded_handlers=...) (vllm/entrypoints/serve/instrumentator/metrics.py): regular
+# expressions searched in the handler's path.
+HTTP_EXCLUDED_HANDLERS = ("/metrics", "/health", "/load", "/ping", "/version", "/server_info")
+HTTP_HELP = "Total number of requests by method, status and handler."
 
 GAUGES = {
     "vllm:num_requests_running": "Number of requests in model execution batches.",
@@ -69,6 +78,18 @@ class Metrics:
         self.waiting = 0
         self.kv_cache_usage = 0.0
         self.cached_blocks = set()
+        self.http = {}
+        self.http_created = {}
+
+    def count_http(self, path, templated, method, status):
+        """One answered request, as the instrumentator counts it: a path that matches no route is handler "none",
+        status codes are grouped (2xx, 4xx...), excluded handlers are not counted."""
+        if any(re.search(pattern, path) for pattern in HTTP_EXCLUDED_HANDLERS):
+            return
+        key = (path if templated else "none", method, "%dxx" % (status // 100))
+        with self.lock:
+            self.http[key] = self.http.get(key, 0) + 1
+            self.http_created.setdefault(key, time.time())
 
     def add(self, name, amount):
         with self.lock:
@@ -136,6 +157,14 @@ class Metrics:
                 lines.append("%s_count{%s} %s" % (name, self.labels, _value(hist.count)))
                 lines.append("%s_sum{%s} %s" % (name, self.labels, _value(hist.sum)))
                 created(name, help_text, [self.labels])
+            family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.")
+            lines.append("process_start_time_seconds %s" % _value(PROCESS_START))
+            if self.http:
+                for suffix, kind, table in (("_total", "counter", self.http), ("_created", "gauge", self.http_created)):
+                    family("http_requests" + suffix, kind, HTTP_HELP)
+                    for (handler, method, status), value in sorted(table.items()):
+                        lines.append('http_requests%s{handler="%s",method="%s",status="%s"} %s'
+                                     % (suffix, handler, method, status, _value(value)))
         return "\n".join(lines) + "\n"
 
     def snapshot(self):

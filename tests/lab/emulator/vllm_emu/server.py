@@ -70,6 +70,10 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- plumbing ----
 
+    def send_response(self, code, message=None):
+        self.status_sent = code
+        super().send_response(code, message)
+
     def send_body(self, status, body, content_type, headers=(), cors=True):
         self.send_response(status)
         for key, value in headers:
@@ -130,14 +134,24 @@ class Handler(BaseHTTPRequestHandler):
         # Read whatever the answer, so that the connection stays usable for the next request.
         self.body = self.rfile.read(length) if length else b""
         if not self.authorized():
+            # vLLM's API-key middleware answers before the instrumentator's: a 401 is not counted.
             return self.send_json(401, {"error": "Unauthorized"}, cors=False)
-        methods = self.routes().get(self.path.split("?", 1)[0])
-        if methods is None:
-            return self.send_json(404, {"detail": "Not Found"})
-        handler = methods.get(self.command)
-        if handler is None:
-            return self.send_json(405, {"detail": "Method Not Allowed"}, headers=[("allow", ", ".join(methods))])
-        return handler()
+        path = self.path.split("?", 1)[0]
+        methods = self.routes().get(path)
+        self.status_sent = None
+        try:
+            if methods is None:
+                return self.send_json(404, {"detail": "Not Found"})
+            handler = methods.get(self.command)
+            if handler is None:
+                return self.send_json(405, {"detail": "Method Not Allowed"},
+                                      headers=[("allow", ", ".join(methods))])
+            return handler()
+        finally:
+            if self.status_sent is not None:
+                # Starlette matches a route only with its method: a 405 counts as an unmatched path.
+                templated = methods is not None and self.command in methods
+                self.engine.metrics.count_http(path, templated, self.command, self.status_sent)
 
     do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = route
 
