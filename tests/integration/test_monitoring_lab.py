@@ -130,6 +130,13 @@ def hung_request(host):
         pass
 
 
+def describe(host):
+    """The host's containers and the instance's last log lines, for a failure message."""
+    containers = host.run("docker", "ps", "-a", check=False).stdout
+    logs = host.run("docker", "logs", "--tail", "30", "vllm-" + INSTANCE, check=False).stderr[-3000:]
+    return "%s: %s\n%s" % (host.name, containers, logs)
+
+
 def start_time(prometheus, host):
     found = prometheus.query('process_start_time_seconds{job="vllm",host="%s",vllm_instance="%s"}'
                              % (host.name, INSTANCE))
@@ -203,9 +210,7 @@ def test_injected_faults_fire_their_alerts(monitored, lab_hosts):
         assert sorted(seen) == sorted(expected), "\n".join(
             ["seen: %s" % seen, "alerts: %s" % [(a["labels"], a["state"]) for a in prometheus.alerts()],
              "up: %s" % [(r["metric"], r["value"][1]) for r in prometheus.query("up")]] +
-            ["%s: %s\n%s" % (h.name, h.run("docker", "ps", "-a", check=False).stdout,
-                              h.run("docker", "logs", "--tail", "30", "vllm-" + INSTANCE, check=False).stderr[-3000:])
-             for h in (restarting, faulty)])
+            [describe(h) for h in (restarting, faulty)])
     finally:
         stop.set()
         if watcher.is_alive():
