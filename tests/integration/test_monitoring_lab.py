@@ -200,6 +200,7 @@ def test_injected_faults_fire_their_alerts(monitored, lab_hosts):
         # The engine dies and the container restarts (unless-stopped) with a new process: three times.
         for _death in range(3):
             before = wait(lambda: start_time(prometheus, restarting), 60)
+            assert before, "Prometheus has no start time for %s's instance" % restarting.name
             restarting.run("inferops-lab", "vllm-fault", str(PORT), "engine_dead=true")
             changed = wait(lambda: (start_time(prometheus, restarting) or before) != before, 90)
             assert changed, "Prometheus never saw %s's instance restart" % restarting.name

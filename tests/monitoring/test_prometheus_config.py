@@ -21,7 +21,9 @@ INVENTORY = {
                 "hosts": {"gpu-c": {"ansible_host": "10.0.0.7", "monitoring_node_exporter_listen_address": ":9111"}},
                 "children": {"vllm_hosts": {"hosts": {
                     "gpu-a": {"ansible_host": "10.0.0.5",
-                              "vllm_instances": [{"name": "chat", "port": 8001}, {"name": "embed"}]},
+                              "vllm_instances": [{"name": "chat", "port": 8001}, {"name": "embed"},
+                                                 {"name": "old", "port": 8002, "state": "absent"},
+                                                 {"name": "paused", "port": 8003, "state": "stopped"}]},
                     "gpu-b": {"monitoring_scrape_address": "gpu-b.internal", "vllm_tls_cert_src": "files/b.crt",
                               "vllm_instances": [{"name": "secure", "port": 8443}]},
                 }}},
@@ -99,6 +101,15 @@ def test_without_a_webhook_alerts_go_nowhere_and_with_one_they_go_there(tmp_path
     assert "T0K3N" not in result.stdout
 
 
+def test_alertmanager_is_reached_on_the_address_it_listens_on(tmp_path):
+    result, out = render(tmp_path, {"monitoring_alertmanager_listen_address": "10.1.2.3:9093",
+                                    "monitoring_prometheus_listen_address": "[::]:9090"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    whole = load(out, "prometheus.yml")
+    assert whole["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["10.1.2.3:9093"]
+    assert jobs(whole)["prometheus"]["static_configs"][0]["targets"] == ["127.0.0.1:9090"]
+
+
 def test_tls_and_basic_auth_on_the_web_interface(tmp_path):
     users = {"ops": "$2y$10$" + "a" * 53}
     result, out = render(tmp_path, {"monitoring_prometheus_tls_cert_src": "web.crt",
@@ -136,6 +147,13 @@ def test_tls_and_basic_auth_on_the_web_interface(tmp_path):
     ({"monitoring_prometheus_basic_auth_users": {"ops\nx": "$2y$10$" + "a" * 53}},
      "monitoring_prometheus_basic_auth_users maps user names"),
     ({"monitoring_prometheus_basic_auth_users": ["ops"]}, "monitoring_prometheus_basic_auth_users maps user names"),
+    ({"monitoring_node_exporter_listen_address": "0.0.0.0:9100 --web.config.file=/x"},
+     "monitoring_node_exporter_listen_address is host:port"),
+    ({"monitoring_node_exporter_extra_args": ["--collector.systemd --collector.x"]},
+     "monitoring_node_exporter_extra_args is one --flag"),
+    ({"monitoring_node_exporter_extra_args": ["--a=b\nARGS=--c"]}, "monitoring_node_exporter_extra_args is one --flag"),
+    ({"monitoring_gpu_metrics_interval": "30s\nUnit=other.service"}, "monitoring_gpu_metrics_interval is a systemd"),
+    ({"monitoring_gpu_metrics_interval": "every 30s"}, "monitoring_gpu_metrics_interval is a systemd"),
     ({"monitoring_prometheus_tls_cert_src": "web.crt"},
      "monitoring_prometheus_tls_cert_src and monitoring_prometheus_tls_key_src are set together"),
 ])
