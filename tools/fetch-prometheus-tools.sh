@@ -18,9 +18,8 @@ done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "fetch-prometheus-tools: unpacking Debian's prometheus, alertmanager, node exporter and blackbox exporter"
-# apt-get download drops to the _apt user, which cannot write into a root-owned mktemp directory.
-chmod 0777 "$work"
-(cd "$work" && apt-get download -qq prometheus prometheus-alertmanager prometheus-node-exporter \
+# Downloaded as root into the private mktemp directory (apt-get would drop to _apt, which cannot write there).
+(cd "$work" && apt-get download -qq -o APT::Sandbox::User=root prometheus prometheus-alertmanager prometheus-node-exporter \
     prometheus-blackbox-exporter)
 mkdir -p "$dest"
 for deb in "$work"/*.deb; do
