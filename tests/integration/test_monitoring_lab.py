@@ -106,8 +106,16 @@ def test_every_target_is_up(monitored, lab_hosts):
     assert jobs == sorted([("alertmanager", names[0]), ("prometheus", names[0])] +
                           [("node", n) for n in names] + [("vllm", n) for n in names])
     # The GPU collector's metrics arrive through each node exporter: 8 fake H100s per host.
-    gpus = prometheus.query('count by (host) (inferops_gpu_up == 1)')
-    assert {r["metric"]["host"]: r["value"][1] for r in gpus} == {n: "8" for n in names}
+
+    def gpus_per_host():
+        found = prometheus.query('inferops_gpu_up == 1')
+        counts = {}
+        for series in found:
+            host = series["metric"].get("host")
+            counts[host] = counts.get(host, 0) + 1
+        return counts if counts == {n: 8 for n in names} else None
+
+    assert wait(gpus_per_host, 60), prometheus.query('inferops_gpu_up')
     rules = prometheus.api("rules")["groups"]
     assert sorted(g["name"] for g in rules) == ["inferops_gpu", "inferops_host", "inferops_slo", "inferops_vllm"]
     assert [r["name"] for g in rules for r in g["rules"] if r["health"] != "ok"] == []
