@@ -110,7 +110,7 @@ def test_promtool_unit_tests_pass(unit_test_dir):
     assert result.stdout.count("SUCCESS") == len(files), result.stdout
 
 
-def test_cases():
+def alert_cases():
     """(alertname, group index, eval seconds, fires) of every alert case in the promtool test files."""
     cases = []
     for path in sorted(glob.glob(os.path.join(RULE_TESTS, "*.test.yml"))):
@@ -123,9 +123,6 @@ def test_cases():
     return cases
 
 
-test_cases.__test__ = False
-
-
 def duration_seconds(text):
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
     total = 0.0
@@ -135,7 +132,7 @@ def duration_seconds(text):
 
 
 def test_every_alert_fires_in_one_case_and_stays_silent_in_another(rendered):
-    cases = test_cases()
+    cases = alert_cases()
     alerts = {rule["alert"]: rule for rule in alert_rules(rendered)}
     fired = {name for name, _group, _at, fires in cases if fires}
     silent = {name for name, _group, _at, fires in cases if not fires}
