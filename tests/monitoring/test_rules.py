@@ -9,7 +9,6 @@ promtool (tools/fetch-prometheus-tools.sh puts it in build/tools/bin):
 - bad thresholds are refused before anything is written.
 """
 import glob
-import json
 import os
 import re
 import shutil
@@ -18,34 +17,11 @@ import subprocess
 import pytest
 import yaml
 
-from monitoring_sources import (blackbox_probe_metric_names, collector_metric_names, node_exporter_metric_names,
-                                node_exporter_text, vllm_histogram_buckets, vllm_metric_names)
+from monitoring_sources import collector_metric_names, node_exporter_text, vllm_histogram_buckets
+from promql import HERE, ROOT, exported_metric_names, render, rules_of, selected_metrics, tool
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-TOOLS = os.path.join(ROOT, "build", "tools", "bin")
 RULE_TESTS = os.path.join(HERE, "rules")
 ROLE = os.path.join(ROOT, "roles", "monitoring")
-# Series Prometheus writes itself for every target.
-PROMETHEUS_SERIES = {"up"}
-PROMQL_KEYWORDS = {"and", "or", "unless", "offset", "bool", "by", "without", "on", "ignoring", "group_left",
-                   "group_right", "inf", "nan"}
-
-
-def tool(name):
-    path = os.path.join(TOOLS, name)
-    if not os.access(path, os.X_OK):
-        pytest.fail("%s is missing: run tools/fetch-prometheus-tools.sh (make fast and make test do)" % path)
-    return path
-
-
-def render(dest, extra_vars=None):
-    """Runs the role's rules task into `dest`; returns the CompletedProcess."""
-    args = {"rules_dir": str(dest), "promtool": tool("promtool")}
-    args.update(extra_vars or {})
-    return subprocess.run(["ansible-playbook", os.path.join(HERE, "render-rules.yml"), "-i", "localhost,",
-                           "-e", json.dumps(args)], capture_output=True, text=True, timeout=300, check=False)
-
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
@@ -56,13 +32,6 @@ def rendered(tmp_path_factory):
     assert [os.path.basename(f) for f in files] == ["inferops-gpu.rules.yml", "inferops-slo.rules.yml",
                                                     "inferops-vllm.rules.yml"]
     return dest
-
-
-def rules_of(directory):
-    for path in sorted(glob.glob(os.path.join(str(directory), "*.rules.yml"))):
-        with open(path) as handle:
-            for group in yaml.safe_load(handle)["groups"]:
-                yield from group["rules"]
 
 
 def alert_rules(directory):
@@ -177,20 +146,6 @@ def test_every_alert_names_a_runbook_that_exists(rendered):
     assert problems == []
 
 
-def selected_metrics(expr):
-    """The metric names a PromQL expression selects (not functions, keywords, label names or durations)."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", " ", expr)
-    expr = re.sub(r"\[[^\]]*\]", " ", expr)
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    names = set()
-    for match in re.finditer(r"(?<![\w:.])[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
-        if expr[match.end():].lstrip().startswith("(") or match.group(0).lower() in PROMQL_KEYWORDS:
-            continue
-        names.add(match.group(0))
-    return names
-
-
 def test_selected_metrics_parser():
     assert selected_metrics('sum by (job, le) (rate(vllm:x_bucket{job="vllm",le=~"10(\\\\.0)?"}[5m])) > 0.5'
                             ' and on (host) up offset 15m unless time() - y > 1e9') == {"vllm:x_bucket", "up", "y"}
@@ -198,8 +153,7 @@ def test_selected_metrics_parser():
 
 def test_rules_select_only_metrics_that_real_exporters_export(rendered):
     recorded = {rule["record"] for rule in rules_of(rendered) if "record" in rule}
-    exported = (vllm_metric_names() | collector_metric_names(tool) | node_exporter_metric_names(tool)
-                | blackbox_probe_metric_names(tool) | PROMETHEUS_SERIES | recorded)
+    exported = exported_metric_names() | recorded
     unknown = {}
     for rule in rules_of(rendered):
         for name in selected_metrics(rule["expr"]) - exported:
