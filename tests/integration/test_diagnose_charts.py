@@ -63,7 +63,8 @@ def test_the_bundle_holds_charts_of_the_last_hour(host, tmp_path):
         assert set(_png_chart.PALETTE) & {image.pixel(x, y) for x in range(left, right + 1)
                                           for y in range(top, bottom - 30)}, name
     assert "charts: %d PNG files under charts/ in the bundle, from %s" % (len(expected), url) in output
-    assert "%s charts: %s/vllm-%s-requests.png" % (host.name, host.name, INSTANCE) in output
+    assert "%s charts: vllm-%s-requests.png, vllm-%s-kv-cache.png" % (host.name, INSTANCE, INSTANCE) in output
+    assert "without data" not in output
     assert bp.PASSWORD not in output
 
 
@@ -87,3 +88,10 @@ def test_a_url_that_is_not_one_is_refused_before_collecting(host, tmp_path):
     assert "diag_prometheus_url is not an http(s) URL" in proc.stdout and "diag_prometheus_username" in proc.stdout
     assert not (tmp_path / "out").exists()
     assert "user:pw" not in proc.stdout  # the URL's credentials are not echoed
+
+
+def test_without_a_prometheus_the_summary_says_so_once(host, tmp_path):
+    output, files = diagnose(host.name, tmp_path, {"monitoring_prometheus_group": "no_such_group"})
+    assert "%s.tar.gz" % host.name in files and not [name for name in files if name.startswith("charts/")]
+    assert output.count("charts: none, no Prometheus in the inventory (group no_such_group) and no "
+                        "diag_prometheus_url") == 1

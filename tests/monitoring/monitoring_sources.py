@@ -124,29 +124,79 @@ def node_exporter_metric_names(tool):
     return frozenset(names)
 
 
+def certificate(work, days, name="127.0.0.1", ca=None, openssl="openssl"):
+    """A certificate for `name` (IP or DNS, in its subjectAltName) valid for `days` from now, self-signed or signed
+    by `ca` (a (cert, key) pair); returns (cert, key) paths in `work`."""
+    stem = os.path.join(work, "%s-%dd" % (name, days))
+    key, cert = stem + ".key", stem + ".crt"
+    san = "subjectAltName=%s:%s" % ("IP" if re.match(r"^[0-9.]+$|:", name) else "DNS", name)
+    if ca is None:
+        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", str(days), "-subj", "/CN=" + name, "-addext", san], check=True, capture_output=True)
+    else:
+        subprocess.run([openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", stem + ".csr",
+                        "-subj", "/CN=" + name], check=True, capture_output=True)
+        with open(stem + ".ext", "w") as handle:
+            handle.write(san + "\n")
+        subprocess.run([openssl, "x509", "-req", "-in", stem + ".csr", "-CA", ca[0], "-CAkey", ca[1],
+                        "-CAcreateserial", "-days", str(days), "-extfile", stem + ".ext", "-out", cert],
+                       check=True, capture_output=True)
+    return cert, key
+
+
+def wait_for_port(port, deadline=20.0):
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def tls_server(cert, key, openssl="openssl"):
+    """`openssl s_server -www` serving `cert` on a free loopback port; yields the port once it accepts."""
+    port = free_port()
+    with running([openssl, "s_server", "-quiet", "-accept", "127.0.0.1:%d" % port, "-cert", cert, "-key", key,
+                  "-www"]):
+        wait_for_port(port)
+        yield port
+
+
+@contextlib.contextmanager
+def blackbox_exporter(binary, config):
+    """The blackbox exporter with the module configuration `config` on a free loopback port; yields the port once
+    it answers."""
+    port = free_port()
+    with running([binary, "--config.file=%s" % config, "--web.listen-address=127.0.0.1:%d" % port]):
+        scrape("http://127.0.0.1:%d/metrics" % port)
+        yield port
+
+
+def probe(exporter_port, module, target, attempts=50):
+    """The exporter's answer to one probe of `target`, retried until probe_success is 1."""
+    for _attempt in range(attempts):
+        text = scrape("http://127.0.0.1:%d/probe?module=%s&target=%s" % (exporter_port, module, target))
+        if re.search(r"^probe_success 1", text, re.M):
+            return text
+        time.sleep(0.2)
+    raise AssertionError("the blackbox exporter's %s probe of %s never succeeded:\n%s" % (module, target, text))
+
+
 @functools.lru_cache(maxsize=None)
 def _blackbox_probe(binary, openssl="openssl"):
     """Debian's blackbox exporter probing a TLS server that openssl serves with a fresh self-signed certificate."""
     with tempfile.TemporaryDirectory() as work:
-        key, cert = os.path.join(work, "key.pem"), os.path.join(work, "cert.pem")
-        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                        "-days", "20", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+        cert, key = certificate(work, 20, openssl=openssl)
         config = os.path.join(work, "blackbox.yml")
         with open(config, "w") as handle:
             handle.write("modules:\n  tls_connect:\n    prober: tcp\n    timeout: 5s\n    tcp:\n      tls: true\n"
                          "      tls_config:\n        insecure_skip_verify: true\n")
-        tls_port, exporter_port = free_port(), free_port()
-        with running([openssl, "s_server", "-quiet", "-accept", "127.0.0.1:%d" % tls_port, "-cert", cert,
-                      "-key", key, "-www"]), \
-                running([binary, "--config.file=%s" % config, "--web.listen-address=127.0.0.1:%d" % exporter_port]):
-            scrape("http://127.0.0.1:%d/metrics" % exporter_port)
-            for _attempt in range(50):
-                text = scrape("http://127.0.0.1:%d/probe?module=tls_connect&target=127.0.0.1:%d"
-                              % (exporter_port, tls_port))
-                if re.search(r"^probe_success 1", text, re.M):
-                    return text
-                time.sleep(0.2)
-            raise AssertionError("the blackbox exporter's TLS probe never succeeded:\n" + text)
+        with tls_server(cert, key, openssl) as tls_port, blackbox_exporter(binary, config) as exporter_port:
+            return probe(exporter_port, "tls_connect", "127.0.0.1:%d" % tls_port)
 
 
 def blackbox_probe_text(tool):

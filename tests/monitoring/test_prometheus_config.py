@@ -33,16 +33,18 @@ INVENTORY = {
 }
 
 
-def render(tmp_path, extra=None):
+def render(tmp_path, extra=None, hosts=None):
+    """Renders the configurations for the `hosts` inventory (default INVENTORY) into tmp_path/out."""
     out = tmp_path / "out"
     inventory = tmp_path / "inventory.yml"
-    inventory.write_text(yaml.safe_dump(INVENTORY))
+    inventory.write_text(yaml.safe_dump(hosts or INVENTORY))
     tls = tmp_path / "tls"
     tls.mkdir(exist_ok=True)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tls / "web.key"),
                     "-out", str(tls / "web.crt"), "-days", "2", "-subj", "/CN=mon-1"], check=True,
                    capture_output=True)
     args = {"out": str(out), "promtool": tool("promtool"), "amtool": tool("amtool"),
+            "blackbox": tool("prometheus-blackbox-exporter"),
             "monitoring_prometheus_tls_dir": str(tls), "monitoring_prometheus_rules_dir": str(tmp_path / "rules")}
     args.update(extra or {})
     out.mkdir()
@@ -165,3 +167,104 @@ def test_bad_options_are_refused_before_anything_is_written(tmp_path, extra, nam
     assert os.listdir(str(out)) == []
     assert "plain-password" not in result.stdout
     assert "shadow" not in result.stdout
+
+
+TLS_RELABELLING = [{"source_labels": ["__address__"], "target_label": "__param_target"},
+                   {"source_labels": ["__param_target"], "target_label": "instance"},
+                   {"target_label": "__address__", "replacement": "127.0.0.1:9115"}]
+
+
+def test_the_tls_job_probes_every_https_instance_through_the_blackbox_exporter(tmp_path):
+    result, out = render(tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:]
+    tls = jobs(load(out, "prometheus.yml"))["tls"]
+    # The HTTPS instances only, with the labels of their vllm_https target; the plain HTTP ones have no certificate.
+    assert tls["static_configs"] == [
+        {"targets": ["gpu-b.internal:8443"], "labels": {"host": "gpu-b", "vllm_instance": "secure"}}]
+    assert tls["metrics_path"] == "/probe"
+    assert tls["params"] == {"module": ["tls_connect"]}
+    assert "scheme" not in tls  # the exporter itself is reached over plain HTTP on loopback
+    assert tls["relabel_configs"] == TLS_RELABELLING
+    # The module the job asks for is the one the exporter's configuration defines: a TLS handshake, unverified
+    # without a CA.
+    assert load(out, "blackbox.yml") == {"modules": {"tls_connect": {
+        "prober": "tcp", "timeout": "5s", "tcp": {"tls": True, "tls_config": {"insecure_skip_verify": True}}}}}
+    flags = (out / "blackbox.defaults").read_text()
+    assert 'ARGS="--config.file=/etc/prometheus/blackbox.yml --web.listen-address=127.0.0.1:9115"' in flags
+
+
+def test_the_probe_verifies_with_the_instances_ca_when_there_is_one(tmp_path):
+    result, out = render(tmp_path, {"monitoring_prometheus_vllm_ca_src": "ca.crt"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    module = load(out, "blackbox.yml")["modules"]["tls_connect"]
+    assert module["tcp"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "vllm-ca.crt")}
+
+
+def test_extra_endpoints_are_probed_with_their_own_labels(tmp_path):
+    extra = [{"address": "gw.example.internal:7654", "name": "gateway", "host": "gw-1"},
+             {"address": "[fd00::9]:443", "name": "edge"},
+             {"address": "10.0.0.9:8443", "name": "lb"}]
+    result, out = render(tmp_path, {"monitoring_tls_probe_targets": extra,
+                                    "monitoring_blackbox_listen_address": "0.0.0.0:9200"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    tls = jobs(load(out, "prometheus.yml"))["tls"]
+    assert tls["static_configs"] == [
+        {"targets": ["gpu-b.internal:8443"], "labels": {"host": "gpu-b", "vllm_instance": "secure"}},
+        {"targets": ["gw.example.internal:7654"], "labels": {"host": "gw-1", "endpoint": "gateway"}},
+        {"targets": ["[fd00::9]:443"], "labels": {"host": "fd00::9", "endpoint": "edge"}},
+        {"targets": ["10.0.0.9:8443"], "labels": {"host": "10.0.0.9", "endpoint": "lb"}}]
+    # A wildcard listen address is reached on loopback.
+    assert tls["relabel_configs"][-1] == {"target_label": "__address__", "replacement": "127.0.0.1:9200"}
+    assert "--web.listen-address=0.0.0.0:9200" in (out / "blackbox.defaults").read_text()
+
+
+def test_without_https_endpoints_there_is_no_tls_job(tmp_path):
+    # vllm_tls_cert_src as an extra var overrides gpu-b's: every instance serves plain HTTP.
+    result, out = render(tmp_path, {"vllm_tls_cert_src": ""})
+    assert result.returncode == 0, result.stdout[-4000:]
+    config = jobs(load(out, "prometheus.yml"))
+    assert "tls" not in config
+    assert "vllm_https" in config and config["vllm_https"]["static_configs"] == []
+    assert len(config["vllm"]["static_configs"]) == 3
+
+    other = tmp_path / "second"
+    other.mkdir()
+    result, out = render(other, {"vllm_tls_cert_src": "",
+                                 "monitoring_tls_probe_targets": [{"address": "gw:7654", "name": "gateway"}]})
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert jobs(load(out, "prometheus.yml"))["tls"]["static_configs"] == [
+        {"targets": ["gw:7654"], "labels": {"host": "gw", "endpoint": "gateway"}}]
+
+
+TLS_TARGETS_MESSAGE = "monitoring_tls_probe_targets is a list of endpoints"
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"monitoring_tls_probe_targets": [{"address": "gw:7654 --SECRETMARK", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": "SECRETMARK", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": "https://SECRETMARK:7654", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": "SECRETMARK:76543", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": "SECRETMARK:0", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": "SECRETMARK:7654\n", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": "gw:7654", "name": "SECRETMARK gw"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": "gw:7654", "name": "gw", "host": "SECRETMARK\nx"}]},
+     TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"adress": "SECRETMARK:7654", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": "gw:7654"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": 7654, "name": "gw"}]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": ["SECRETMARK:7654"]}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": "SECRETMARK:7654"}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": {"address": "SECRETMARK:7654", "name": "gw"}}, TLS_TARGETS_MESSAGE),
+    ({"monitoring_tls_probe_targets": [{"address": "SECRETMARK:7654", "name": "a"},
+                                       {"address": "SECRETMARK:7654", "name": "b"}]},
+     "monitoring_tls_probe_targets lists an address twice"),
+    ({"monitoring_blackbox_listen_address": "127.0.0.1:9115 --SECRETMARK"}, "monitoring_blackbox_listen_address is"),
+    ({"monitoring_blackbox_listen_address": "9115"}, "monitoring_blackbox_listen_address is host:port"),
+])
+def test_bad_tls_probe_options_are_refused_without_echoing_them(tmp_path, extra, named):
+    result, out = render(tmp_path, extra)
+    assert result.returncode != 0
+    assert named in result.stdout, result.stdout[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert os.listdir(str(out)) == []
+    assert "SECRETMARK" not in result.stdout + result.stderr
