@@ -21,9 +21,9 @@ if [ -d "$stale" ] && [ ! -L "$stale" ]; then
 fi
 
 stage_unit() {
-    # tests/monitoring checks the rules with Debian's promtool and exporters, unpacked into build/tools/bin.
+    # tests/monitoring and tests/gateway run Debian's promtool, exporters and HAProxy, unpacked into build/tools/bin.
     tools/fetch-prometheus-tools.sh || return 1
-    pytest tests/unit tests/monitoring -q -p no:cacheprovider
+    pytest tests/unit tests/monitoring tests/gateway -q -p no:cacheprovider
 }
 
 stage_sanity() {

