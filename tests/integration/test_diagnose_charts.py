@@ -1,6 +1,6 @@
 """diagnose.yml's charts end to end, on one lab host: the runbook collects from the host as always and draws the
 host's last hour from a real Prometheus on the controller (Debian's, backfilled by promtool with series labelled
-with the lab host's name, tests/unit/backfilled_prometheus.py), with basic auth; the charts are read back out of
+with the lab host's name, tests/unit/backfilled_prometheus.py), over TLS with its own CA and basic auth; the charts are read back out of
 the bundle. Then the same with a Prometheus that is gone: the bundle is still made and the summary says why.
 
 Read-only on the lab host (diagnose.yml collects into a temporary directory it removes), so it can run beside
@@ -48,8 +48,8 @@ def diagnose(host, tmp_path, extra):
 
 
 def test_the_bundle_holds_charts_of_the_last_hour(host, tmp_path):
-    with bp.running(host.name, INSTANCE, time.time(), basic_auth=True) as url:
-        extra = {"diag_prometheus_url": url, "diag_prometheus_username": bp.USER,
+    with bp.running(host.name, INSTANCE, time.time(), basic_auth=True, tls=True) as (url, ca):
+        extra = {"diag_prometheus_url": url, "diag_prometheus_ca_path": ca, "diag_prometheus_username": bp.USER,
                  "diag_prometheus_password": bp.PASSWORD}
         output, files = diagnose(host.name, tmp_path, extra)
     assert "%s.tar.gz" % host.name in files  # the host's own part, as before

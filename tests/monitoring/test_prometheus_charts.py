@@ -95,6 +95,18 @@ def test_a_query_the_real_prometheus_refuses_is_not_fatal(prometheus):
     assert not caught.value.fatal and "HTTP 400" in str(caught.value) and "bad_data" in str(caught.value)
 
 
+def test_tls_against_the_real_prometheus(tmp_path):
+    end = time.time()
+    with bp.running(HOST, INSTANCE, end, tls=True) as (url, ca):
+        with pytest.raises(QueryError) as caught:
+            Prometheus(url).query_range("up", end - 60, end, 30)  # its CA is not among the system's
+        assert caught.value.fatal and "certificate verification failed" in str(caught.value), str(caught.value)
+        for client in (Prometheus(url, ca_path=ca), Prometheus(url, validate_certs=False)):
+            charts, skipped, error = _incident_charts.make_charts(client, [{"host": HOST, "instances": [INSTANCE]}],
+                                                                  str(tmp_path), end, 3600, 30, 60)
+            assert error is None and skipped == [] and all(chart["points"] > 60 for chart in charts)
+
+
 def test_basic_auth_against_the_real_prometheus(tmp_path):
     end = time.time()
     with bp.running(HOST, INSTANCE, end, basic_auth=True) as url:

@@ -9,6 +9,7 @@ collector's), and one known hole: the instance's requests-running series has no 
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -82,9 +83,25 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def make_tls(work):
+    """A CA and a certificate for 127.0.0.1 signed by it, made by openssl; (ca, cert, key) paths."""
+    paths = [os.path.join(work, name) for name in ("ca.crt", "ca.key", "web.crt", "web.key", "web.csr", "san.cnf")]
+    ca, ca_key, cert, key, csr, san = paths
+    with open(san, "w") as handle:
+        handle.write("subjectAltName=IP:127.0.0.1\n")
+    for argv in (["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+                  "-subj", "/CN=inferops charts test CA"],
+                 ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+                 ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days",
+                  "2", "-extfile", san]):
+        subprocess.run(["openssl"] + argv, check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
 @contextlib.contextmanager
-def running(host, instance, end=None, basic_auth=False):
-    """Yields the URL of a Prometheus holding the hour before `end` (now) of `host`'s series; stops it after."""
+def running(host, instance, end=None, basic_auth=False, tls=False):
+    """Yields the URL of a Prometheus holding the hour before `end` (now) of `host`'s series; stops it after.
+    With tls, yields (url, CA file) instead, the server's certificate signed by that CA."""
     prometheus, promtool = binary("prometheus"), binary("promtool")
     end = time.time() if end is None else end
     with tempfile.TemporaryDirectory(prefix="inferops-prom-") as work:
@@ -99,17 +116,20 @@ def running(host, instance, end=None, basic_auth=False):
             handle.write("global:\n  scrape_interval: 15s\n")
         argv = [prometheus, "--config.file=" + config, "--storage.tsdb.path=" + data,
                 "--web.listen-address=127.0.0.1:%d" % free_port()]
-        if basic_auth:
-            web = os.path.join(work, "web.yml")
-            with open(web, "w") as handle:
+        web = os.path.join(work, "web.yml")
+        with open(web, "w") as handle:
+            if basic_auth:
                 handle.write("basic_auth_users:\n  %s: '%s'\n" % (USER, PASSWORD_HASH))
-            argv.append("--web.config.file=" + web)
-        url = "http://" + argv[3].split("=", 1)[1]
+            if tls:
+                ca, cert, key = make_tls(work)
+                handle.write("tls_server_config:\n  cert_file: %s\n  key_file: %s\n" % (cert, key))
+        argv.append("--web.config.file=" + web)
+        url = ("https://" if tls else "http://") + argv[3].split("=", 1)[1]
         log = open(os.path.join(work, "prometheus.log"), "w")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(url, proc, os.path.join(work, "prometheus.log"))
-            yield url
+            _wait_ready(url, proc, os.path.join(work, "prometheus.log"), ca if tls else None)
+            yield (url, ca) if tls else url
         finally:
             proc.terminate()
             try:
@@ -120,14 +140,15 @@ def running(host, instance, end=None, basic_auth=False):
             log.close()
 
 
-def _wait_ready(url, proc, log_path, deadline=30.0):
+def _wait_ready(url, proc, log_path, ca=None, deadline=30.0):
     end = time.monotonic() + deadline
+    context = ssl.create_default_context(cafile=ca) if ca else None
     while True:
         if proc.poll() is not None:
             with open(log_path) as handle:
                 raise RuntimeError("prometheus exited with %s:\n%s" % (proc.returncode, handle.read()[-3000:]))
         try:
-            with urllib.request.urlopen(url + "/-/ready", timeout=2):
+            with urllib.request.urlopen(url + "/-/ready", timeout=2, context=context):
                 return
         except urllib.error.HTTPError as exc:
             if exc.code == 401:  # basic auth on: it answers, so it is up
