@@ -6,6 +6,7 @@ build/logs/monitoring-lab-alerts.json (benchmarks/README.md reports them)."""
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -54,6 +55,9 @@ class Prometheus:
     def query(self, expr):
         return self.api("query", query=expr)["result"]
 
+    def label_values(self, label, selector):
+        return self.api("label/%s/values" % label, **{"match[]": selector})
+
 
 @pytest.fixture(scope="module")
 def monitored(lab_hosts):
@@ -63,6 +67,7 @@ def monitored(lab_hosts):
     extra = {
         "monitoring_prometheus_scrape_interval": "5s", "monitoring_prometheus_evaluation_interval": "5s",
         "monitoring_gpu_metrics_interval": "5s", "monitoring_alertmanager_group_wait": "5s",
+        "monitoring_grafana_provisioning": True,
         "vllm_instances": [{"name": INSTANCE, "model": "facebook/opt-125m", "model_params": "125M", "port": PORT,
                             "gpu_memory_utilization": 0.3, "max_model_len": 2048}],
     }
@@ -122,6 +127,60 @@ def test_every_target_is_up(monitored, lab_hosts):
     rules = prometheus.api("rules")["groups"]
     assert sorted(g["name"] for g in rules) == ["inferops_gpu", "inferops_host", "inferops_slo", "inferops_vllm"]
     assert [r["name"] for g in rules for r in g["rules"] if r["health"] != "ok"] == []
+
+
+def post(host, path, body, key=KEY):
+    request = urllib.request.Request(
+        "http://%s:%d%s" % (host.ip, PORT, path), method="POST", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer %s" % key})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def send_traffic(host):
+    """Completions, a stream and a request for a model the server does not serve (a 4xx on /v1)."""
+    for _ in range(5):
+        status, _ = post(host, "/v1/completions", {"model": "facebook/opt-125m", "prompt": "Hello", "max_tokens": 8})
+        assert status == 200
+    status, body = post(host, "/v1/completions",
+                        {"model": "facebook/opt-125m", "prompt": "Hello", "max_tokens": 8, "stream": True})
+    assert status == 200 and body.rstrip().endswith(b"data: [DONE]"), body[-200:]
+    status, _ = post(host, "/v1/completions", {"model": "no-such-model", "prompt": "Hello", "max_tokens": 8})
+    assert 400 <= status < 500
+
+
+def test_every_dashboard_query_returns_data_after_traffic(monitored, lab_hosts):
+    """What issue 15 asks in place of a Grafana: each panel's query, with the dashboard's variables set the way
+    Grafana sets them (All for the fleet, the first host for the GPU view), returns series from the lab's
+    Prometheus once the fleet has served traffic."""
+    prometheus = monitored["prometheus"]
+    monitoring_host = lab_hosts[0]
+    for host in lab_hosts:
+        send_traffic(host)
+    time.sleep(12)  # two scrapes at 5 s, so that every rate has two samples after the traffic
+    directory = "/var/lib/grafana/dashboards/inferops"
+    empty, checked = [], 0
+    for name in ("inferops-vllm-fleet.json", "inferops-gpu-host.json"):
+        dashboard = json.loads(monitoring_host.read("%s/%s" % (directory, name)))
+        values = {"__rate_interval": "1m"}
+        for variable in dashboard["templating"]["list"]:
+            selector, label = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable["query"]["query"]).groups()
+            found = prometheus.label_values(label, substituted(selector, values))
+            assert found, "%s: variable %s has no values" % (name, variable["name"])
+            values[variable["name"]] = variable["allValue"] if variable["includeAll"] else found[0]
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                checked += 1
+                if not prometheus.query(substituted(target["expr"], values)):
+                    empty.append("%s: %s (%s)" % (name, panel["title"], target["legendFormat"]))
+    assert checked > 30 and empty == []
+
+
+def substituted(expr, values):
+    return re.sub(r"\$(\w+)", lambda match: values[match.group(1)], expr)
 
 
 def free_gpus(host):
