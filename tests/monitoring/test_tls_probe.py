@@ -19,9 +19,9 @@ import urllib.parse
 import pytest
 
 from monitoring_sources import blackbox_exporter, certificate, free_port, running, scrape, tls_server
+from promql import render as render_rules
+from promql import tool
 from test_prometheus_config import load, render
-from test_rules import render as render_rules
-from test_rules import tool
 
 DAY = 86400
 
