@@ -78,7 +78,7 @@ def selector(host, instance=None):
 
 
 def jobs(targets):
-    """(host, instance or None, chart, relative path) of every chart of `targets`, instances' first."""
+    """(host, instance or None, charts, file name prefix) for each of `targets`' instances, then its GPUs."""
     for target in targets:
         host = target["host"]
         for instance in target["instances"]:
