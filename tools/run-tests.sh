@@ -73,8 +73,8 @@ stage_molecule() {
 
 stage_lab() {
     "${labctl[@]}" up --fresh --hosts "${LAB_HOSTS:-2}" || return 1
-    # The runbook tests run in the Molecule scenario `runbooks`, the real-vLLM ones in the realvllm stage.
-    pytest tests/integration -q -p no:cacheprovider -m "not runbooks and not realvllm"
+    # The runbook and gateway tests run in their Molecule scenarios, the real-vLLM ones in the realvllm stage.
+    pytest tests/integration -q -p no:cacheprovider -m "not runbooks and not realvllm and not gateway"
 }
 
 stage_realvllm() {

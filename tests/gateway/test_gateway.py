@@ -97,8 +97,11 @@ class Gateway:
                 socket.create_connection(("127.0.0.1", values["gateway_port"]), timeout=1).close()
                 break
             except OSError:
-                assert self.process.poll() is None, (tmp / "haproxy.log").read_text()
-                assert time.monotonic() < deadline, "HAProxy does not listen"
+                problem = "HAProxy exited" if self.process.poll() is not None else \
+                    "HAProxy does not listen" if time.monotonic() > deadline else None
+                if problem:
+                    self.close()
+                    raise AssertionError("%s: %s" % (problem, (tmp / "haproxy.log").read_text()[-2000:]))
                 time.sleep(0.1)
 
     def request(self, path, method="GET", body=None, authorization=None, timeout=30):
@@ -133,14 +136,18 @@ def fleet(tmp_path_factory, certificates):
     """Two emulated instances behind a gateway, shared by the tests that leave them running."""
     tmp = tmp_path_factory.mktemp("fleet")
     emulators = Emulators(str(tmp))
-    emulators.start("a", BACKEND_KEY, 0)
-    emulators.start("b", BACKEND_KEY, 1)
-    emulators.wait_healthy()
-    gateway = Gateway(tmp, host_vars(tmp, certificates, instances(emulators, ["a", "b"])))
-    gateway.wait(lambda: gateway.request("/health")[0] == 200)
-    yield gateway, emulators
-    gateway.close()
-    emulators.close()
+    try:
+        emulators.start("a", BACKEND_KEY, 0)
+        emulators.start("b", BACKEND_KEY, 1)
+        emulators.wait_healthy()
+        gateway = Gateway(tmp, host_vars(tmp, certificates, instances(emulators, ["a", "b"])))
+        try:
+            gateway.wait(lambda: gateway.request("/health")[0] == 200)
+            yield gateway, emulators
+        finally:
+            gateway.close()
+    finally:
+        emulators.close()
 
 
 def bearer(key):
@@ -233,12 +240,14 @@ def test_the_keys_stay_out_of_ansibles_output_and_the_files_are_private(fleet):
 def own_fleet(tmp_path, certificates):
     """Instances a test may break: two primaries, and a backup server with a model name of its own."""
     emulators = Emulators(str(tmp_path))
-    emulators.start("a", BACKEND_KEY, 2)
-    emulators.start("b", BACKEND_KEY, 3)
-    emulators.start("backup", BACKUP_KEY, 4, "--served-model-name", BACKUP_MODEL)
-    emulators.wait_healthy()
-    yield emulators
-    emulators.close()
+    try:
+        emulators.start("a", BACKEND_KEY, 2)
+        emulators.start("b", BACKEND_KEY, 3)
+        emulators.start("backup", BACKUP_KEY, 4, "--served-model-name", BACKUP_MODEL)
+        emulators.wait_healthy()
+        yield emulators
+    finally:
+        emulators.close()
 
 
 def model_served(gateway):

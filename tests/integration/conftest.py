@@ -19,6 +19,8 @@ def pytest_configure(config):
                             "stage")
     config.addinivalue_line("markers", "runbooks: runbook tests; `make test` runs them in the Molecule scenario "
                             "`runbooks`, not in the lab stage")
+    config.addinivalue_line("markers", "gateway: tests of the deployed gateway; `make test` runs them in the Molecule "
+                            "scenario `gateway`, not in the lab stage")
 
 
 @pytest.fixture(scope="session")
