@@ -61,11 +61,11 @@ def main():
     try:
         gateway.wait(lambda: gateway.request("/health")[0] == 200)
         direct_url = "http://127.0.0.1:%d" % emulators.processes["a"][1]
-        for _ in range(3):  # warm both paths
+        for _warm_up in range(3):  # warm both paths
             ttft(direct_url, gw.BACKEND_KEY, args.tokens)
             ttft(gateway.url, gw.CLIENT_KEYS[0], args.tokens, gateway.context)
         direct, through = [], []
-        for _ in range(args.runs):
+        for _run in range(args.runs):
             direct.append(ttft(direct_url, gw.BACKEND_KEY, args.tokens))
             through.append(ttft(gateway.url, gw.CLIENT_KEYS[0], args.tokens, gateway.context))
     finally:

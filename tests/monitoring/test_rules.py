@@ -23,6 +23,7 @@ from promql import HERE, ROOT, exported_metric_names, render, rules_of, selected
 RULE_TESTS = os.path.join(HERE, "rules")
 ROLE = os.path.join(ROOT, "roles", "monitoring")
 
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     dest = tmp_path_factory.mktemp("rules")
