@@ -8,7 +8,6 @@ CertificateExpiringSoon has `for: 10m`: here it is seen pending (its expression 
 the probe's real series); the promtool cases in rules/ cover the 10 minutes before it fires."""
 import http.server
 import json
-import os
 import ssl
 import subprocess
 import tempfile
@@ -43,8 +42,8 @@ def samples(text, name):
 
 
 def probe_once(exporter_port, module, target):
-    return scrape("http://127.0.0.1:%d/probe?%s" % (exporter_port,
-                                                     urllib.parse.urlencode({"module": module, "target": target})))
+    query_string = urllib.parse.urlencode({"module": module, "target": target})
+    return scrape("http://127.0.0.1:%d/probe?%s" % (exporter_port, query_string))
 
 
 @pytest.fixture(scope="module")
