@@ -21,6 +21,9 @@ from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REAL_VLLM_METRICS = os.path.join(HERE, "fixtures", "real-vllm-0.32.0.metrics")
+# The gateway's HAProxy 2.6 /metrics with the gateway role's configuration (tests/gateway keeps it equal to the
+# live exporter's names).
+GATEWAY_METRICS = os.path.join(HERE, "fixtures", "haproxy-2.6-gateway.metrics")
 
 
 def sample_names(text):
@@ -30,6 +33,12 @@ def sample_names(text):
 @functools.lru_cache(maxsize=None)
 def vllm_metric_names():
     with open(REAL_VLLM_METRICS) as handle:
+        return frozenset(sample_names(handle.read()))
+
+
+@functools.lru_cache(maxsize=None)
+def gateway_metric_names():
+    with open(GATEWAY_METRICS) as handle:
         return frozenset(sample_names(handle.read()))
 
 

@@ -268,3 +268,27 @@ def test_bad_tls_probe_options_are_refused_without_echoing_them(tmp_path, extra,
     assert "Traceback" not in result.stdout + result.stderr
     assert os.listdir(str(out)) == []
     assert "SECRETMARK" not in result.stdout + result.stderr
+
+
+def test_the_gateways_are_scraped_over_https_and_their_certificates_probed(tmp_path):
+    inventory = json.loads(json.dumps(INVENTORY))
+    inventory["all"]["children"]["gateway_hosts"] = {"hosts": {
+        "gw-1": {"ansible_host": "10.0.0.20"},
+        "gw-2": {"monitoring_scrape_address": "gw-2.internal", "gateway_port": 8443}}}
+    result, out = render(tmp_path, {"monitoring_prometheus_gateway_ca_src": "gateway-ca.crt"}, hosts=inventory)
+    assert result.returncode == 0, result.stdout[-4000:]
+    config = jobs(load(out, "prometheus.yml"))
+    gateway = config["gateway"]
+    assert gateway["scheme"] == "https"
+    assert gateway["tls_config"] == {"ca_file": str(tmp_path / "tls" / "gateway-ca.crt")}
+    assert gateway["static_configs"] == [{"targets": ["10.0.0.20:7654"], "labels": {"host": "gw-1"}},
+                                         {"targets": ["gw-2.internal:8443"], "labels": {"host": "gw-2"}}]
+    assert config["tls"]["static_configs"][1:] == [
+        {"targets": ["10.0.0.20:7654"], "labels": {"host": "gw-1", "endpoint": "gateway"}},
+        {"targets": ["gw-2.internal:8443"], "labels": {"host": "gw-2", "endpoint": "gateway"}}]
+
+
+def test_without_gateways_there_is_no_gateway_job(tmp_path):
+    result, out = render(tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "gateway" not in jobs(load(out, "prometheus.yml"))

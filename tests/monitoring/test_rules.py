@@ -30,8 +30,8 @@ def rendered(tmp_path_factory):
     result = render(dest)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     files = sorted(glob.glob(os.path.join(str(dest), "*.rules.yml")))
-    assert [os.path.basename(f) for f in files] == ["inferops-gpu.rules.yml", "inferops-slo.rules.yml",
-                                                    "inferops-vllm.rules.yml"]
+    assert [os.path.basename(f) for f in files] == ["inferops-gateway.rules.yml", "inferops-gpu.rules.yml",
+                                                    "inferops-slo.rules.yml", "inferops-vllm.rules.yml"]
     return dest
 
 
