@@ -347,3 +347,65 @@ def test_bad_options_are_refused_before_anything_is_written(tmp_path, certificat
         assert phrase in " ".join(failures[name].split()), (extra, failures[name])
         assert not (tmp_path / name / "conf").exists()
     assert not (tmp_path / "out" / "haproxy.cfg").exists()
+
+
+def render_prometheus(tmp, gateway_port):
+    """The monitoring role's scrape configuration (tests/monitoring/render-prometheus.yml) for a fleet whose only
+    gateway is this machine's HAProxy."""
+    tools = os.path.join(ROOT, "build", "tools", "bin")
+    inventory = tmp / "monitoring.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {
+        "monitoring_hosts": {"hosts": {"mon-1": {"ansible_connection": "local"}}},
+        "gateway_hosts": {"hosts": {"gw": {"monitoring_scrape_address": "127.0.0.1", "gateway_port": gateway_port}}},
+    }}}))
+    out = tmp / "monitoring"
+    out.mkdir()
+    args = {"out": str(out), "promtool": os.path.join(tools, "promtool"), "amtool": os.path.join(tools, "amtool"),
+            "blackbox": os.path.join(tools, "prometheus-blackbox-exporter"),
+            "monitoring_prometheus_rules_dir": str(tmp / "rules"), "monitoring_prometheus_scrape_interval": "1s"}
+    result = subprocess.run(["ansible-playbook", os.path.join(ROOT, "tests", "monitoring", "render-prometheus.yml"),
+                             "-i", str(inventory), "-e", json.dumps(args)], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    return out / "prometheus.yml"
+
+
+def scraped(tmp, config, query):
+    """Runs Debian's Prometheus on `config` until `query` returns a sample (or 20 s pass); returns the samples."""
+    port = free_port()
+    process = subprocess.Popen([os.path.join(ROOT, "build", "tools", "bin", "prometheus"), "--config.file",
+                                str(config), "--storage.tsdb.path", str(tmp / "tsdb"), "--web.listen-address",
+                                "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                url = "http://127.0.0.1:%d/api/v1/query?query=%s" % (port, urllib.request.quote(query))
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    result = json.loads(response.read())["data"]["result"]
+                if result:
+                    return result
+            except (OSError, urllib.error.URLError, KeyError):
+                pass
+            time.sleep(0.5)
+        return []
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.mark.parametrize("sources, up", [(["127.0.0.1/32"], "1"), (["192.0.2.1/32"], "0")])
+def test_the_monitoring_roles_prometheus_scrapes_the_gateway_when_it_is_a_metrics_source(fleet, tmp_path,
+                                                                                         certificates, sources, up):
+    emulators = fleet[1]
+    gateway = Gateway(tmp_path, host_vars(tmp_path, certificates, instances(emulators, ["a", "b"]),
+                                          gateway_metrics_sources=sources))
+    try:
+        config = render_prometheus(tmp_path, gateway.values["gateway_port"])
+        found = scraped(tmp_path, config, 'up{job="gateway"}')
+        assert [(sample["metric"]["host"], sample["value"][1]) for sample in found] == [("gw", up)]
+        if up == "1":
+            servers = scraped(tmp_path, config, 'haproxy_backend_active_servers{job="gateway",proxy="vllm"}')
+            assert [sample["value"][1] for sample in servers] == ["2"]
+    finally:
+        gateway.close()
