@@ -8,6 +8,8 @@ import re
 import socket
 import ssl
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ import urllib.request
 import pytest
 import yaml
 
+from ansible_collections.inferops.vllm.plugins.module_utils import _haproxy_admin
 from local_backends import HAPROXY, MODEL, ROOT, Emulators, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -407,5 +410,62 @@ def test_the_monitoring_roles_prometheus_scrapes_the_gateway_when_it_is_a_metric
         if up == "1":
             servers = scraped(tmp_path, config, 'haproxy_backend_active_servers{job="gateway",proxy="vllm"}')
             assert [sample["value"][1] for sample in servers] == ["2"]
+    finally:
+        gateway.close()
+
+
+def gateway_server(gateway, **args):
+    """The collection's gateway_server module, run by Ansible on this machine against the test gateway's socket."""
+    args.setdefault("socket", gateway.values["gateway_admin_socket"])
+    result = subprocess.run(["ansible", "localhost", "-c", "local", "-m", "inferops.vllm.gateway_server", "-a",
+                             json.dumps(args), "-e", "ansible_python_interpreter=%s" % sys.executable],
+                            capture_output=True, text=True, timeout=120, check=False,
+                            env=dict(os.environ, ANSIBLE_CALLBACK_RESULT_FORMAT="json"))
+    match = re.search(r"=> (\{.*\})", result.stdout, re.S)
+    assert match, result.stdout + result.stderr
+    return dict(json.loads(match.group(1)), failed="| FAILED!" in result.stdout)
+
+
+def test_a_drained_instance_finishes_its_stream_takes_no_new_request_and_comes_back(own_fleet, tmp_path,
+                                                                                    certificates):
+    gateway = Gateway(tmp_path, host_vars(tmp_path, certificates, instances(own_fleet, ["a", "b"])))
+    socket_path = gateway.values["gateway_admin_socket"]
+    try:
+        gateway.wait(lambda: gateway.request("/health")[0] == 200)
+        events = []
+
+        def stream():
+            request = urllib.request.Request(
+                gateway.url + "/v1/completions", method="POST",
+                data=json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 800, "stream": True}).encode(),
+                headers={"Content-Type": "application/json", "Authorization": bearer(CLIENT_KEYS[0])})
+            with urllib.request.urlopen(request, timeout=60, context=gateway.context) as response:
+                events.extend(line.strip() for line in response if line.startswith(b"data: "))
+
+        reader = threading.Thread(target=stream, daemon=True)
+        reader.start()
+        gateway.wait(lambda: any(s["sessions"] for s in _haproxy_admin.servers(socket_path, "vllm").values()))
+        busy = [name for name, s in _haproxy_admin.servers(socket_path, "vllm").items() if s["sessions"]][0]
+        other = "gw-a" if busy == "gw-b" else "gw-b"
+        served_before = own_fleet.log(other[3:]).count("POST /v1/completions")
+        drained = gateway_server(gateway, server=busy, state="drain", wait_idle=30)
+        # It returned once the stream ended, whole; meanwhile new requests went to the other instance only.
+        assert drained["changed"] and drained["before"] == "UP" and drained["sessions_left"] == 0, drained
+        assert drained["waited"] > 1.0
+        reader.join(30)
+        assert events[-1] == b"data: [DONE]" and len(events) > 800
+        for _request in range(6):
+            assert gateway.request("/v1/completions", "POST", {"model": MODEL, "prompt": "hi", "max_tokens": 1},
+                                   authorization=bearer(CLIENT_KEYS[0]))[0] == 200
+        assert own_fleet.log(other[3:]).count("POST /v1/completions") == served_before + 6
+        assert _haproxy_admin.servers(socket_path, "vllm")[busy]["status"] == "DRAIN"
+        again = gateway_server(gateway, server=busy, state="drain")
+        assert not again["changed"]
+        ready = gateway_server(gateway, server=busy, state="ready")
+        assert ready["changed"] and ready["before"] == "DRAIN"
+        assert _haproxy_admin.servers(socket_path, "vllm")[busy]["status"].startswith("UP")
+        missing = gateway_server(gateway, server="gw-nope", state="drain")
+        assert missing.get("failed") and "has no server gw-nope" in missing["msg"]
+        assert not gateway_server(gateway, server="gw-nope", state="drain", missing_ok=True).get("failed")
     finally:
         gateway.close()

@@ -136,3 +136,53 @@ def test_an_engine_death_costs_only_the_requests_before_the_checks_see_it(gatewa
         assert time.monotonic() < deadline, "lab-2's instance never came back into rotation"
         completion(gateway, KEYS[0])
         time.sleep(0.5)
+
+
+def test_a_rolling_restart_through_the_runbook_fails_no_request_and_cuts_no_stream(gateway, lab_hosts):
+    """restart.yml restarts every instance, one host at a time; the vllm role drains each at the gateway first
+    (waiting for its streams), and puts it back once its health gate passes."""
+    completions, streams = [], []
+    stop = threading.Event()
+
+    def send_completions():
+        while not stop.is_set():
+            completions.append(completion(gateway, KEYS[0]))
+            time.sleep(0.1)
+
+    def send_streams():
+        while not stop.is_set():
+            request = urllib.request.Request(
+                gateway["url"] + "/v1/completions", method="POST",
+                data=json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 300, "stream": True}).encode(),
+                headers={"Content-Type": "application/json", "Authorization": "Bearer " + KEYS[1]})
+            try:
+                with urllib.request.urlopen(request, timeout=60, context=gateway["context"]) as response:
+                    events = [line.strip() for line in response if line.startswith(b"data: ")]
+                streams.append(bool(events) and events[-1] == b"data: [DONE]" and len(events) > 300)
+            except (OSError, urllib.error.URLError) as error:
+                streams.append(str(error))
+
+    started = {host.name: host.container_state(CONTAINER)["StartedAt"] for host in lab_hosts}
+    workers = [threading.Thread(target=send_completions, daemon=True), threading.Thread(target=send_streams, daemon=True)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(2)
+        inventory = os.environ["GATEWAY_LAB_INVENTORY"]
+        cmd = ["ansible-playbook", os.path.join(ROOT, "playbooks", "runbooks", "restart.yml"), "-i", inventory]
+        env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOAD_CALLBACK_PLUGINS="0")
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(90)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert result.stdout.count("TASK [inferops.vllm.gateway : At the gateways, drain qwen-small]") == 2
+    assert result.stdout.count("TASK [inferops.vllm.gateway : At the gateways, ready qwen-small]") == 2
+    for host in lab_hosts:
+        assert host.container_state(CONTAINER)["StartedAt"] != started[host.name], "%s was not restarted" % host.name
+    print("rolling restart through the gateway: %d completions, %d streams" % (len(completions), len(streams)))
+    assert len(completions) > 50 and len(streams) > 5
+    assert [status for status in completions if status != 200] == []
+    assert [outcome for outcome in streams if outcome is not True] == []

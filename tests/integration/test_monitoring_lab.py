@@ -125,8 +125,8 @@ def test_every_target_is_up(monitored, lab_hosts):
 
     assert wait(gpus_per_host, 60), prometheus.query('inferops_gpu_up')
     rules = prometheus.api("rules")["groups"]
-    assert sorted(g["name"] for g in rules) == ["inferops_gateway", "inferops_gpu", "inferops_host", "inferops_slo",
-                                                                "inferops_vllm"]
+    assert sorted(g["name"] for g in rules) == [
+        "inferops_gateway", "inferops_gpu", "inferops_host", "inferops_slo", "inferops_vllm"]
     assert [r["name"] for g in rules for r in g["rules"] if r["health"] != "ok"] == []
 
 

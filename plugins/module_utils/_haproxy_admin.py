@@ -1,0 +1,109 @@
+# Copyright: inferops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""HAProxy's runtime API (its admin socket), as the gateway's drain and re-admit use it: a server's state and its
+sessions in flight, from `show stat`, and `set server <backend>/<server> state drain|ready|maint`."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import csv
+import re
+import socket
+import time
+
+MAX_ANSWER = 4 * 1024 * 1024
+STATES = ("drain", "ready", "maint")
+# `show stat <backend> 4 -1`: servers only (type 4), of that backend.
+_SERVERS = 4
+# HAProxy's proxy and server names; anything else (a `;` starts a second command) never reaches the socket.
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
+
+
+class HaproxyAdminError(Exception):
+    pass
+
+
+def command(path, text, timeout=5.0):
+    """Sends one command line to the admin socket at `path` and returns HAProxy's answer (it closes after it)."""
+    if "\n" in text or "\r" in text:
+        raise HaproxyAdminError("a command is one line")
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    try:
+        try:
+            conn.connect(path)
+            conn.sendall(text.encode("ascii") + b"\n")
+            chunks, size = [], 0
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    raise HaproxyAdminError("%s: the answer to %r passed %d bytes" % (path, text, MAX_ANSWER))
+                chunks.append(chunk)
+        except (OSError, socket.timeout) as exc:
+            raise HaproxyAdminError("%s: %s: %s" % (path, text, exc))
+    finally:
+        conn.close()
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def parse_stat(text):
+    """`show stat` CSV -> {(proxy, server): {"status": str, "sessions": int, "weight": int}}."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise HaproxyAdminError("not an answer to show stat: %r" % text[:200])
+    header = lines[0][2:].split(",")
+    try:
+        columns = {name: header.index(name) for name in ("pxname", "svname", "scur", "status", "weight")}
+    except ValueError as exc:
+        raise HaproxyAdminError("show stat lacks a column: %s" % exc)
+    found = {}
+    for fields in csv.reader(line for line in lines[1:] if line.strip()):
+        if len(fields) < len(header):
+            raise HaproxyAdminError("a short show stat line: %r" % ",".join(fields)[:200])
+        line = ",".join(fields)
+        try:
+            sessions = int(fields[columns["scur"]] or 0)
+            weight = int(fields[columns["weight"]] or 0)
+        except ValueError:
+            raise HaproxyAdminError("show stat has a non-number where a count goes: %r" % line[:200])
+        found[(fields[columns["pxname"]], fields[columns["svname"]])] = {
+            "status": fields[columns["status"]], "sessions": sessions, "weight": weight}
+    return found
+
+
+def check_name(what, name):
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise HaproxyAdminError("%s is 1 to 128 of A-Z a-z 0-9 _ . : - (HAProxy's names), not %r" % (what, name))
+
+
+def servers(path, backend, timeout=5.0):
+    """{server: {"status", "sessions", "weight"}} of one backend."""
+    check_name("backend", backend)
+    stats = parse_stat(command(path, "show stat %s %d -1" % (backend, _SERVERS), timeout))
+    return dict((server, value) for (proxy, server), value in stats.items() if proxy == backend)
+
+
+def set_state(path, backend, server, state, timeout=5.0):
+    if state not in STATES:
+        raise HaproxyAdminError("state is one of %s, not %r" % (", ".join(STATES), state))
+    check_name("backend", backend)
+    check_name("server", server)
+    answer = command(path, "set server %s/%s state %s" % (backend, server, state), timeout).strip()
+    if answer:
+        raise HaproxyAdminError("set server %s/%s state %s: %s" % (backend, server, state, answer))
+
+
+def wait_idle(path, backend, server, deadline_seconds, interval=0.5, clock=time.monotonic, sleep=time.sleep):
+    """Waits until the server has no session in flight; returns how many it still had when time ran out (0: idle)."""
+    deadline = clock() + deadline_seconds
+    while True:
+        current = servers(path, backend).get(server)
+        if current is None:
+            raise HaproxyAdminError("backend %s has no server %s" % (backend, server))
+        if current["sessions"] == 0 or clock() >= deadline:
+            return current["sessions"]
+        sleep(interval)
