@@ -23,7 +23,7 @@ fi
 stage_unit() {
     # tests/monitoring and tests/gateway run Debian's promtool, exporters and HAProxy, unpacked into build/tools/bin.
     tools/fetch-prometheus-tools.sh || return 1
-    pytest tests/unit tests/monitoring tests/gateway -q -p no:cacheprovider
+    pytest tests/unit tests/monitoring tests/gateway -q -p no:cacheprovider -n auto
 }
 
 stage_sanity() {
