@@ -83,6 +83,20 @@ def collect(dest, instances, secrets, health_timeout=5, log_lines=500, timeout=3
     return sorted(files), statuses, top
 
 
+def local_health_config(instance, api_key, timeout):
+    """How this host's instance ({name, backend, port, tls, model, served_model_name}) is probed from the host
+    itself: on loopback, its container or unit read for the runtime state and the logs."""
+    backend = instance.get("backend", "docker")
+    scheme = "https" if instance.get("tls") else "http"
+    return _vllm_health.Config(
+        "%s://127.0.0.1:%d" % (scheme, instance["port"]),
+        model=instance.get("served_model_name") or instance.get("model"),
+        api_key=api_key, validate_certs=False, timeout=timeout,
+        runtime="docker" if backend == "docker" else "systemd",
+        name="vllm-%s" % instance["name"] + ("" if backend == "docker" else ".service"),
+        log_file="/var/log/vllm/%s.log" % instance["name"] if backend == "venv" else None)
+
+
 def _gather(instances, secrets, health_timeout, log_lines, timeout):
     files = {}
     statuses = {}
@@ -90,15 +104,7 @@ def _gather(instances, secrets, health_timeout, log_lines, timeout):
     images = []
     for instance in instances:
         backend = instance.get("backend", "docker")
-        scheme = "https" if instance.get("tls") else "http"
-        config = _vllm_health.Config(
-            "%s://127.0.0.1:%d" % (scheme, instance["port"]),
-            model=instance.get("served_model_name") or instance.get("model"),
-            api_key=(secrets or [None])[0], validate_certs=False, timeout=health_timeout,
-            runtime="docker" if backend == "docker" else "systemd",
-            name="vllm-%s" % instance["name"] + ("" if backend == "docker" else ".service"),
-            log_file="/var/log/vllm/%s.log" % instance["name"] if backend == "venv" else None)
-        report = _vllm_health.probe(config)
+        report = _vllm_health.probe(local_health_config(instance, (secrets or [None])[0], health_timeout))
         statuses[instance["name"]] = report["status"]
         diagnoses += report["diagnosis"]
         files["health-%s.json" % instance["name"]] = json.dumps(report, indent=2, sort_keys=True, default=str)
