@@ -88,6 +88,9 @@ def instance_problems(instances, settings=None):
         try:
             _vllm_input.check(params, prefix="vllm_instances[%d]." % index)
             _validate.number("vllm_instances[%d].gpu_count" % index, params.get("gpu_count"), 1)
+            if not isinstance(params.get("watchdog", False), bool):
+                raise _validate.InputError("vllm_instances[%d].watchdog: %s is not true or false"
+                                           % (index, _validate._shown(params["watchdog"])))
         except _validate.InputError as exc:
             problems.append(str(exc))
     return problems

@@ -55,7 +55,11 @@ SETTINGS = {
 }
 PATHS = {"state_file": "/var/lib/inferops/watchdog/state.json",
          "diagnostics_dir": "/var/lib/inferops/diagnostics/watchdog",
+         "hold_dir": "/run/inferops-vllm-watchdog",
          "textfile_dir": ""}
+# A hold file is honoured at most this long after it was written, whatever it asks: a play that died between
+# writing it and removing it must not leave an instance unwatched for ever.
+MAX_HOLD = 86400
 BACKENDS = ("docker", "systemd", "venv")
 METRICS_FILE = "inferops_vllm_watchdog.prom"
 # journald reads a "<N>" prefix as the line's priority (SyslogLevelPrefix=yes, systemd's default).
@@ -141,8 +145,8 @@ def load_config(text):
     known = set(SETTINGS) | set(PATHS) | {"instances", "agent_address"}
     unknown = sorted(set(config) - known)
     if unknown:
-        raise ConfigError("unknown setting(s) %s; known: %s" % (", ".join(repr(u) for u in unknown),
-                                                               ", ".join(sorted(known))))
+        raise ConfigError("unknown setting(s) %s; known: %s"
+                          % (", ".join(repr(u) for u in unknown), ", ".join(sorted(known))))
     result = dict((name, _setting(config, name)) for name in SETTINGS)
     result.update((name, _path(config, name)) for name in PATHS)
     address = config.get("agent_address", "0.0.0.0")
@@ -209,12 +213,14 @@ class Watch(object):
     # ---- what others read ----
 
     def agent_answer(self):
-        """HAProxy's agent protocol: "up" lets the health checks decide; "down#why" takes the server out."""
+        """HAProxy's agent protocol: "up" lets the health checks decide; "down #why" takes the server out (HAProxy
+        2.6 reads "down#why", without the space, as an error and changes nothing). The reason loses the characters
+        HAProxy's answer or its CSV statistics would read as separators."""
         with self.lock:
             if self.in_rotation is None or self.in_rotation:
                 return "up"
-            why = re.sub(r"[^A-Za-z0-9 _.,:()/-]", "", "watchdog %s: %s" % (self.state, self.reason))
-            return "down#" + why[:AGENT_REASON_MAX]
+            why = re.sub(r"[^A-Za-z0-9 _.:()/-]", "", "watchdog %s: %s" % (self.state, self.reason))
+            return "down #" + why[:AGENT_REASON_MAX]
 
     def snapshot(self):
         with self.lock:
@@ -226,6 +232,14 @@ class Watch(object):
     # ---- one cycle ----
 
     def step(self):
+        if self.actions.held(self.instance):
+            # A planned stop or restart (the vllm role, a runbook) is under way: a failure now is expected.
+            if self.state != "held":
+                self.say(INFO, "%s: held by a planned operation (the vllm role or a runbook): not probed"
+                         % self.name)
+            self.failures = 0
+            self._set("held", None, "")
+            return
         report = self.actions.probe(self.instance)
         now = self.clock()
         with self.lock:
@@ -311,8 +325,8 @@ class Watch(object):
             self.say(NOTICE, "%s: serves again %.1f s after the restart: back in rotation" % (self.name, waited))
             self._set("serving", True, "")
             return
-        self.say(ERR, "%s: not serving %.1f s after the restart: %s; %s" % (self.name, waited, reason,
-                                                                          describe(report)))
+        self.say(ERR, "%s: not serving %.1f s after the restart: %s; %s"
+                 % (self.name, waited, reason, describe(report)))
         self._set("failing", False, describe(report))
 
     def _give_up(self, report, runtime):
@@ -371,6 +385,19 @@ class HostActions(object):
 
     def _config(self, instance, timeout):
         return _diagnose.local_health_config(instance, self.api_key(instance), timeout)
+
+    def held(self, instance):
+        """Whether the vllm role holds the watchdog off this instance: a file hold-NAME in hold_dir whose content
+        is how many seconds from its writing the hold lasts (the host's clock only: no skew with a controller)."""
+        path = os.path.join(self.settings["hold_dir"], "hold-%s" % instance["name"])
+        try:
+            written = os.lstat(path).st_mtime
+            seconds = float((_files.read(path) or "").strip() or 0)
+        except (OSError, ValueError):
+            return False
+        if not math.isfinite(seconds):
+            return False
+        return time.time() < written + min(max(seconds, 0.0), MAX_HOLD)
 
     def probe(self, instance):
         return _vllm_health.Probe(self._config(instance, self.settings["probe_timeout"])).run(with_gpus=False)
@@ -564,6 +591,7 @@ class Watchdog(object):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description="Watch this host's vLLM instances (see the vllm role).")
     parser.add_argument("--config", required=True, metavar="FILE", help="the JSON the vllm role writes")
+    parser.add_argument("--check", action="store_true", help="check the configuration, then exit (0: good)")
     args = parser.parse_args(argv)
     try:
         text = _files.read(args.config)
@@ -573,6 +601,8 @@ def main(argv=None):
     except (ConfigError, _files.FileError, OSError) as exc:
         sys.stderr.write("<%d>%s: %s: %s\n" % (ERR, PROG, args.config, exc))
         return 2
+    if args.check:
+        return 0
     watchdog = Watchdog(config)
     try:
         threads = watchdog.run()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -46,6 +47,10 @@ class FakeHost(object):
         self.restart_error = restart_error
         self.calls = []
         self.secrets = {KEY}
+        self.hold = False
+
+    def held(self, instance):
+        return self.hold
 
     def probe(self, instance):
         self.calls.append("probe")
@@ -101,7 +106,7 @@ def test_a_hang_takes_the_instance_out_at_the_first_failure_and_restarts_it_at_t
     assert w.agent_answer() == "up"
     w.step()
     answer = w.agent_answer()
-    assert answer.startswith("down#watchdog failing: unhealthy (inference_hang")
+    assert answer.startswith("down #watchdog failing: unhealthy (inference_hang")
     assert "restart" not in host.calls
     assert [p for p, _ in lines] == [wd.WARNING] and "out of rotation" in lines[0][1]
     w.step()
@@ -118,7 +123,7 @@ def test_a_failed_restart_is_said_and_the_instance_stays_out():
     host = FakeHost([HUNG, HUNG], restart_error="`docker restart -t 30 vllm-qwen` exited 1: no such container")
     w, lines = watch(host)
     run(w, 2)
-    assert w.agent_answer().startswith("down#")
+    assert w.agent_answer().startswith("down #")
     assert any(p == wd.ERR and "the restart failed" in line for p, line in lines)
     assert "wait_ready" not in host.calls
 
@@ -146,7 +151,7 @@ def test_a_crash_at_every_start_ends_after_the_limit_the_runtime_is_stopped_and_
     assert "3 restarts in the last 600 s (limit 3)" in snap["reason"] and "cuda_oom" in snap["reason"]
     crit = [line for p, line in lines if p == wd.CRIT]
     assert len(crit) == 1 and "gave up" in crit[0] and "stopped" in crit[0]
-    assert w.agent_answer().startswith("down#watchdog gave_up: 3 restarts")
+    assert w.agent_answer().startswith("down #watchdog gave_up: 3 restarts")
     run(w, 2, clock)
     assert host.calls.count("stop") == 1 and len([1 for p, _ in lines if p == wd.CRIT]) == 1
 
@@ -195,7 +200,7 @@ def test_a_starting_instance_is_out_but_left_to_start():
     host = FakeHost([verdict("starting")] * 4)
     w, _ = watch(host)
     run(w, 4)
-    assert "restart" not in host.calls and w.agent_answer().startswith("down#watchdog starting")
+    assert "restart" not in host.calls and w.agent_answer().startswith("down #watchdog starting")
 
 
 @pytest.mark.parametrize("code", wd.NOT_FIXED_BY_RESTART)
@@ -212,8 +217,8 @@ def test_the_agent_answer_is_one_safe_line_whatever_the_server_said():
     w, _ = watch(host)
     w.step()
     answer = w.agent_answer()
-    assert answer.startswith("down#") and len(answer) <= 5 + wd.AGENT_REASON_MAX
-    assert all(c.isalnum() or c in " _.,:()/-#" for c in answer)
+    assert answer.startswith("down #") and len(answer) <= 6 + wd.AGENT_REASON_MAX
+    assert all(c.isalnum() or c in " _.:()/-#" for c in answer)
 
 
 def test_state_survives_a_restart_of_the_watchdog_and_has_no_key(tmp_path):
@@ -230,7 +235,7 @@ def test_state_survives_a_restart_of_the_watchdog_and_has_no_key(tmp_path):
     assert json.loads(text)["instances"]["qwen"]["state"] == "gave_up"
     again = wd.Watchdog(config, actions=FakeHost([]), out=open(os.devnull, "w"))
     assert again.watches["qwen"].snapshot()["state"] == "gave_up"
-    assert again.watches["qwen"].agent_answer().startswith("down#watchdog gave_up")
+    assert again.watches["qwen"].agent_answer().startswith("down #watchdog gave_up")
     metrics = (tmp_path / wd.METRICS_FILE).read_text()
     assert 'inferops_watchdog_gave_up{vllm_instance="qwen"} 1' in metrics
     assert 'inferops_watchdog_restarts_total{vllm_instance="qwen"} 1' in metrics
@@ -267,7 +272,7 @@ def test_the_agent_port_answers_haproxys_question(tmp_path):
     try:
         assert ask(b"qwen\n") == b"up\n"
         dog.watches["qwen"].step()
-        assert ask(b"qwen\n").startswith(b"down#watchdog failing")
+        assert ask(b"qwen\n").startswith(b"down #watchdog failing")
         assert ask(b"other\n") == b"\n"
         assert ask(b"\xff\xfe\n") == b"\n"
     finally:
@@ -383,3 +388,36 @@ def test_text_that_is_not_a_json_object_is_refused():
     for text in ("", "[]", "null", "{", "\x00"):
         with pytest.raises(wd.ConfigError):
             wd.load_config(text)
+
+
+def test_a_held_instance_is_not_probed_and_its_failures_start_again_from_zero():
+    host = FakeHost([HUNG, HUNG, HUNG])
+    w, lines = watch(host)
+    w.step()
+    host.hold = True
+    run(w, 3)
+    assert host.calls == ["probe"] and w.agent_answer() == "up" and w.snapshot()["state"] == "held"
+    assert len([line for _, line in lines if "held by a planned operation" in line]) == 1
+    host.hold = False
+    w.step()
+    assert "restart" not in host.calls
+    w.step()
+    assert "restart" in host.calls
+
+
+def test_a_hold_file_lasts_what_it_says_from_its_writing_and_never_past_a_day(tmp_path):
+    actions = wd.HostActions(dict(SETTINGS, hold_dir=str(tmp_path)))
+    hold = tmp_path / "hold-qwen"
+    assert not actions.held(INSTANCE)
+    hold.write_text("600\n")
+    assert actions.held(INSTANCE)
+    os.utime(str(hold), (0, time.time() - 601))
+    assert not actions.held(INSTANCE)
+    for junk in ("nan", "inf", "-5", "soon", ""):
+        hold.write_text(junk)
+        assert not actions.held(INSTANCE), junk
+    hold.write_text("1e12")
+    os.utime(str(hold), (0, time.time() - 86401))
+    assert not actions.held(INSTANCE)
+    os.utime(str(hold), (0, time.time() - 100))
+    assert actions.held(INSTANCE)
