@@ -469,3 +469,58 @@ def test_a_drained_instance_finishes_its_stream_takes_no_new_request_and_comes_b
         assert not gateway_server(gateway, server="gw-nope", state="drain", missing_ok=True).get("failed")
     finally:
         gateway.close()
+
+
+def test_a_hung_instance_leaves_the_rotation_through_its_watchdog_and_the_other_serves(own_fleet, tmp_path,
+                                                                                       certificates):
+    """The real watchdog (as a plain python3 program, its default interval and probe timeout) answering HAProxy's
+    agent check: /health keeps answering 200 for a hung engine, the watchdog's "down" takes it out. No runtime
+    here to restart it: that is tested on lab hosts (tests/integration/test_watchdog_lab.py)."""
+    agent_port = free_port()
+    names = ["a", "b"]
+    gateway = Gateway(tmp_path, host_vars(
+        tmp_path, certificates, [dict(i, watchdog=True) for i in instances(own_fleet, names)],
+        vllm_watchdog_agent_port=agent_port))
+    assert 'agent-check agent-port %d agent-inter 500ms agent-send "a\\n"' % agent_port in gateway.config.read_text()
+    keys = tmp_path / "serve-config.yaml"
+    keys.write_text(json.dumps({"api-key": [BACKEND_KEY]}))
+    config = tmp_path / "watchdog.json"
+    config.write_text(json.dumps({
+        "instances": [{"name": n, "backend": "docker", "port": own_fleet.processes[n][1], "model": MODEL,
+                       "keys_file": str(keys)} for n in names],
+        "agent_address": "127.0.0.1", "agent_port": agent_port, "state_file": str(tmp_path / "state.json"),
+        "diagnostics_dir": str(tmp_path / "diagnostics"), "keep_diagnostics": 0}))
+    journal = open(tmp_path / "watchdog.log", "w")
+    watchdog = subprocess.Popen([sys.executable, "-s", "-m",
+                                 "ansible_collections.inferops.vllm.plugins.module_utils._watchdog", "--config",
+                                 str(config)], stdout=journal, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "build", "collections")))
+    socket_path = gateway.values["gateway_admin_socket"]
+
+    def status(server):
+        return _haproxy_admin.servers(socket_path, "vllm")[server]["status"]
+    try:
+        gateway.wait(lambda: status("gw-a") == "UP" and status("gw-b") == "UP", timeout=30)
+        own_fleet.set_fault("a", {"hang": True})
+        hung_at = time.monotonic()
+        # /health still answers 200 for the hung engine: only the watchdog can take it out.
+        gateway.wait(lambda: status("gw-a").startswith("DOWN"), timeout=20)
+        out_after = time.monotonic() - hung_at
+        assert out_after <= 15, "out of rotation %.1f s after the hang" % out_after
+        with urllib.request.urlopen("http://127.0.0.1:%d/health" % own_fleet.processes["a"][1], timeout=5) as r:
+            assert r.status == 200
+        statuses = [gateway.request("/v1/completions", "POST", {"model": MODEL, "prompt": "hi", "max_tokens": 1},
+                                    authorization=bearer(CLIENT_KEYS[0]), timeout=10)[0] for _request in range(8)]
+        assert statuses == [200] * 8
+        assert status("gw-b") == "UP"
+        state = json.loads((tmp_path / "state.json").read_text())["instances"]
+        assert not state["a"]["in_rotation"] and state["b"]["in_rotation"]
+        assert "inference_hang" in state["a"]["reason"]
+        said = (tmp_path / "watchdog.log").read_text()
+        assert re.search(r"^<4>a: out of rotation: unhealthy \(inference_hang", said, re.M), said
+        assert BACKEND_KEY not in said and BACKEND_KEY not in (tmp_path / "state.json").read_text()
+        print("hung instance out of rotation %.1f s after the hang" % out_after)
+    finally:
+        watchdog.terminate()
+        watchdog.wait(10)
+        gateway.close()
