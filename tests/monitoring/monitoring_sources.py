@@ -26,6 +26,11 @@ REAL_VLLM_METRICS = os.path.join(HERE, "fixtures", "real-vllm-0.32.0.metrics")
 GATEWAY_METRICS = os.path.join(HERE, "fixtures", "haproxy-2.6-gateway.metrics")
 
 
+# dcgm-exporter's /metrics for the monitoring role's counters file, in the exporter's own rendering (the fixture's
+# header names the sources).
+DCGM_EXPORTER_METRICS = os.path.join(HERE, "fixtures", "dcgm-exporter.metrics")
+
+
 def sample_names(text):
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 
@@ -34,6 +39,16 @@ def sample_names(text):
 def vllm_metric_names():
     with open(REAL_VLLM_METRICS) as handle:
         return frozenset(sample_names(handle.read()))
+
+
+@functools.lru_cache(maxsize=None)
+def dcgm_metric_names():
+    """The names as written: Prometheus stores a counter under its own name, while prometheus_client's parser
+    would append _total to DCGM_FI_DEV_ECC_DBE_VOL_TOTAL (a counter whose name does not end in a lowercase _total)."""
+    with open(DCGM_EXPORTER_METRICS) as handle:
+        text = handle.read()
+    sample_names(text)  # it parses as the text format
+    return frozenset(re.findall(r"^([A-Za-z_:][A-Za-z0-9_:]*)\{", text, re.M))
 
 
 @functools.lru_cache(maxsize=None)

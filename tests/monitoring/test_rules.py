@@ -4,7 +4,8 @@ promtool (tools/fetch-prometheus-tools.sh puts it in build/tools/bin):
 - `promtool test rules` runs every case in tests/monitoring/rules; each alert must have a case where it fires and
   one where it stays silent, and each alert with a `for:` a silent case before the firing one;
 - every metric a rule selects is exported by the real vLLM (its /metrics, captured from the real-vLLM lab), by the
-  collection's GPU collector, by Debian's node exporter or by Debian's blackbox exporter;
+  collection's GPU collector, by Debian's node exporter, by Debian's blackbox exporter or by NVIDIA's dcgm-exporter
+  with the role's counters file (fixtures/dcgm-exporter.metrics);
 - every alert names a runbook or docs section that exists;
 - bad thresholds are refused before anything is written.
 """
@@ -24,14 +25,20 @@ RULE_TESTS = os.path.join(HERE, "rules")
 ROLE = os.path.join(ROOT, "roles", "monitoring")
 
 
+# Every rule file, the dcgm-exporter mapping included (loaded only with monitoring_gpu_metrics dcgm; the others do
+# not depend on it): each check below covers it too.
+WITH_DCGM = {"monitoring_gpu_metrics": "dcgm", "monitoring_dcgm_version": "3.3.9"}
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     dest = tmp_path_factory.mktemp("rules")
-    result = render(dest)
+    result = render(dest, WITH_DCGM)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     files = sorted(glob.glob(os.path.join(str(dest), "*.rules.yml")))
-    assert [os.path.basename(f) for f in files] == ["inferops-gateway.rules.yml", "inferops-gpu.rules.yml",
-                                                    "inferops-slo.rules.yml", "inferops-vllm.rules.yml"]
+    assert [os.path.basename(f) for f in files] == ["inferops-dcgm.rules.yml", "inferops-gateway.rules.yml",
+                                                    "inferops-gpu.rules.yml", "inferops-slo.rules.yml",
+                                                    "inferops-vllm.rules.yml"]
     return dest
 
 
