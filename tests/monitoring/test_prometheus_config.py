@@ -2,8 +2,10 @@
 templates and checked by Debian's promtool and amtool: the targets and their labels come from the inventory
 (vllm_instances of vllm_hosts, the node exporters of gpu_hosts), instances that serve HTTPS are scraped over HTTPS
 under the same job, and bad options are refused by the role's checks before anything is written."""
+import fcntl
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -53,6 +55,61 @@ def render(tmp_path, extra=None, hosts=None):
     return result, out
 
 
+def shared(tmp_path_factory, name, produce):
+    """Runs produce(directory) (which returns something JSON can write) once for the whole test session, even
+    when pytest-xdist's workers share it: they share the parent of their base temporary directories, and the
+    first one there runs it under a lock while the others wait, then read what it wrote. Returns the directory
+    and that result."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    directory = base / name
+    with open(str(base / (name + ".lock")), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = directory / "result.json"
+        if not done.exists():
+            directory.mkdir(exist_ok=True)
+            done.write_text(json.dumps(produce(directory)))
+        return directory, json.loads(done.read_text())
+
+
+def render_cases(tmp, cases):
+    """Renders in one ansible-playbook run for one monitoring host per case, named case0, case1...: host caseN
+    has the options cases[N] (read by the playbook's include_vars, so that they override the role's defaults as
+    -e does in render()) and its own tmp/caseN/out. Returns the CompletedProcess's returncode, stdout and
+    stderr."""
+    hosts = {}
+    for index, extra in enumerate(cases):
+        case = tmp / ("case%d" % index)
+        (case / "out").mkdir(parents=True)
+        (case / "vars.json").write_text(json.dumps(extra))
+        hosts["case%d" % index] = {"ansible_connection": "local", "out": str(case / "out"),
+                                   "render_case_vars": str(case / "vars.json")}
+    inventory = json.loads(json.dumps(INVENTORY))
+    inventory["all"]["children"]["monitoring_hosts"] = {"hosts": hosts}
+    (tmp / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    (tmp / "tls").mkdir()
+    args = {"promtool": tool("promtool"), "amtool": tool("amtool"), "blackbox": tool("prometheus-blackbox-exporter"),
+            "monitoring_prometheus_tls_dir": str(tmp / "tls"), "monitoring_prometheus_rules_dir": str(tmp / "rules")}
+    result = subprocess.run(["ansible-playbook", os.path.join(HERE, "render-prometheus.yml"), "-i",
+                             str(tmp / "inventory.yml"), "-e", json.dumps(args)], capture_output=True, text=True,
+                            timeout=600, check=False)
+    return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+
+
+def failures(stdout):
+    """{host: (the errors printed in its task's section, what is printed under `fatal: [host]: FAILED! =>`)}.
+    ansible-core 2.19 prints a failed assert's message on an `[ERROR]: Task failed: ...` line (even where no_log
+    hides the result), but each message once, for the first host that meets it: a host's error is the one of the
+    section of the task it failed in, which says whose it is only where the section has one."""
+    found = {}
+    for section in re.split(r"^(?=TASK \[|PLAY RECAP)", stdout, flags=re.M):
+        errors = re.findall(r"^\[ERROR\]: .*", section, re.M)
+        for host, result in re.findall(r"^fatal: \[(case\d+)\]: FAILED! => *\n((?:    .*\n)+)", section, re.M):
+            found[host] = (errors, result)
+    return found
+
+
 def load(out, name):
     with open(os.path.join(str(out), name)) as handle:
         return yaml.safe_load(handle)
@@ -62,9 +119,21 @@ def jobs(config):
     return {job["job_name"]: job for job in config["scrape_configs"]}
 
 
-def test_targets_and_labels_come_from_the_inventory(tmp_path):
-    result, out = render(tmp_path)
-    assert result.returncode == 0, result.stdout[-4000:]
+@pytest.fixture(scope="module")
+def defaults(tmp_path_factory):
+    """The configurations for INVENTORY with no options set, rendered once for the tests that only read them:
+    the directory it was rendered in, the run's returncode and stdout, and its output directory."""
+    def produce(directory):
+        result, _out = render(directory)
+        return {"returncode": result.returncode, "stdout": result.stdout}
+
+    directory, result = shared(tmp_path_factory, "defaults", produce)
+    return directory, result, directory / "out"
+
+
+def test_targets_and_labels_come_from_the_inventory(defaults):
+    directory, result, out = defaults
+    assert result["returncode"] == 0, result["stdout"][-4000:]
     config = jobs(load(out, "prometheus.yml"))
     assert config["vllm"]["static_configs"] == [
         {"targets": ["10.0.0.5:8001"], "labels": {"host": "gpu-a", "vllm_instance": "chat"}},
@@ -83,20 +152,18 @@ def test_targets_and_labels_come_from_the_inventory(tmp_path):
     assert config["alertmanager"]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
     whole = load(out, "prometheus.yml")
     assert whole["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
-    assert whole["rule_files"] == [str(tmp_path / "rules") + "/*.rules.yml"]
+    assert whole["rule_files"] == [str(directory / "rules") + "/*.rules.yml"]
     assert whole["global"] == {"scrape_interval": "15s", "evaluation_interval": "15s"}
 
 
-def test_without_a_webhook_alerts_go_nowhere_and_with_one_they_go_there(tmp_path):
-    result, out = render(tmp_path)
-    assert result.returncode == 0, result.stdout[-4000:]
+def test_without_a_webhook_alerts_go_nowhere_and_with_one_they_go_there(defaults, tmp_path):
+    _tmp, result, out = defaults
+    assert result["returncode"] == 0, result["stdout"][-4000:]
     assert load(out, "alertmanager.yml")["receivers"] == [{"name": "default"}]
     assert load(out, "web.yml") == {}
 
-    other = tmp_path / "second"
-    other.mkdir()
     url = "https://hooks.example.internal/T0K3N-in-path"
-    result, out = render(other, {"monitoring_alertmanager_webhook_url": url})
+    result, out = render(tmp_path, {"monitoring_alertmanager_webhook_url": url})
     assert result.returncode == 0, result.stdout[-4000:]
     assert load(out, "alertmanager.yml")["receivers"] == [
         {"name": "default", "webhook_configs": [{"url": url, "send_resolved": True}]}]
@@ -130,7 +197,7 @@ def test_tls_and_basic_auth_on_the_web_interface(tmp_path):
     assert "$2y$10$" not in result.stdout
 
 
-@pytest.mark.parametrize("extra, named", [
+BAD_OPTIONS = [
     ({"monitoring_prometheus_listen_address": "0.0.0.0:9090 --web.enable-admin-api"},
      "monitoring_prometheus_listen_address and monitoring_alertmanager_listen_address are host:port"),
     ({"monitoring_alertmanager_listen_address": "9093"},
@@ -158,15 +225,19 @@ def test_tls_and_basic_auth_on_the_web_interface(tmp_path):
     ({"monitoring_gpu_metrics_interval": "every 30s"}, "monitoring_gpu_metrics_interval is a systemd"),
     ({"monitoring_prometheus_tls_cert_src": "web.crt"},
      "monitoring_prometheus_tls_cert_src and monitoring_prometheus_tls_key_src are set together"),
-])
-def test_bad_options_are_refused_before_anything_is_written(tmp_path, extra, named):
-    result, out = render(tmp_path, extra)
-    assert result.returncode != 0
-    assert named in result.stdout, result.stdout[-3000:]
-    assert "Traceback" not in result.stdout + result.stderr
+]
+
+
+@pytest.mark.parametrize("extra, named", BAD_OPTIONS)
+def test_bad_options_are_refused_before_anything_is_written(refusals, extra, named):
+    result, out, failure = refused(refusals, BAD_OPTIONS.index((extra, named)))
+    assert result["returncode"] != 0
+    assert named in failure, (extra, failure)
+    assert "Traceback" not in result["stdout"] + result["stderr"]
     assert os.listdir(str(out)) == []
-    assert "plain-password" not in result.stdout
-    assert "shadow" not in result.stdout
+    assert "plain-password" not in failure and "shadow" not in failure
+    assert "plain-password" not in result["stdout"]
+    assert "shadow" not in result["stdout"]
 
 
 TLS_RELABELLING = [{"source_labels": ["__address__"], "target_label": "__param_target"},
@@ -174,9 +245,9 @@ TLS_RELABELLING = [{"source_labels": ["__address__"], "target_label": "__param_t
                    {"target_label": "__address__", "replacement": "127.0.0.1:9115"}]
 
 
-def test_the_tls_job_probes_every_https_instance_through_the_blackbox_exporter(tmp_path):
-    result, out = render(tmp_path)
-    assert result.returncode == 0, result.stdout[-4000:]
+def test_the_tls_job_probes_every_https_instance_through_the_blackbox_exporter(defaults):
+    _tmp, result, out = defaults
+    assert result["returncode"] == 0, result["stdout"][-4000:]
     tls = jobs(load(out, "prometheus.yml"))["tls"]
     # The HTTPS instances only, with the labels of their vllm_https target; the plain HTTP ones have no certificate.
     assert tls["static_configs"] == [
@@ -239,7 +310,7 @@ def test_without_https_endpoints_there_is_no_tls_job(tmp_path):
 TLS_TARGETS_MESSAGE = "monitoring_tls_probe_targets is a list of endpoints"
 
 
-@pytest.mark.parametrize("extra, named", [
+BAD_TLS_PROBE_OPTIONS = [
     ({"monitoring_tls_probe_targets": [{"address": "gw:7654 --SECRETMARK", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
     ({"monitoring_tls_probe_targets": [{"address": "SECRETMARK", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
     ({"monitoring_tls_probe_targets": [{"address": "https://SECRETMARK:7654", "name": "gw"}]}, TLS_TARGETS_MESSAGE),
@@ -260,14 +331,39 @@ TLS_TARGETS_MESSAGE = "monitoring_tls_probe_targets is a list of endpoints"
      "monitoring_tls_probe_targets lists an address twice"),
     ({"monitoring_blackbox_listen_address": "127.0.0.1:9115 --SECRETMARK"}, "monitoring_blackbox_listen_address is"),
     ({"monitoring_blackbox_listen_address": "9115"}, "monitoring_blackbox_listen_address is host:port"),
-])
-def test_bad_tls_probe_options_are_refused_without_echoing_them(tmp_path, extra, named):
-    result, out = render(tmp_path, extra)
-    assert result.returncode != 0
-    assert named in result.stdout, result.stdout[-3000:]
-    assert "Traceback" not in result.stdout + result.stderr
+]
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    """The bad options of test_bad_options_are_refused_before_anything_is_written and the test below, rendered in
+    one run, one monitoring host per case (the TLS probe's after the others): each host fails on its own."""
+    cases = [extra for extra, _named in BAD_OPTIONS + BAD_TLS_PROBE_OPTIONS]
+    return shared(tmp_path_factory, "refusals", lambda directory: render_cases(directory, cases))
+
+
+def refused(refusals, index):
+    """What the refusals run gave: its result, host caseN's output directory and what Ansible printed under the
+    host's failure (the host did fail: no other line names it fatal)."""
+    directory, result = refusals
+    host = "case%d" % index
+    found = failures(result["stdout"])
+    assert host in found, result["stdout"][-3000:]
+    errors, printed = found[host]
+    assert len(errors) == 1, errors
+    return result, directory / host / "out", errors[0] + "\n" + printed
+
+
+@pytest.mark.parametrize("extra, named", BAD_TLS_PROBE_OPTIONS)
+def test_bad_tls_probe_options_are_refused_without_echoing_them(refusals, extra, named):
+    result, out, failure = refused(refusals, len(BAD_OPTIONS) + BAD_TLS_PROBE_OPTIONS.index((extra, named)))
+    assert result["returncode"] != 0
+    assert named in failure, (extra, failure)
+    assert "Traceback" not in result["stdout"] + result["stderr"]
     assert os.listdir(str(out)) == []
-    assert "SECRETMARK" not in result.stdout + result.stderr
+    assert "SECRETMARK" not in failure
+    # The others' cases are in the same output: where this one's is clean, another case's host echoed its value.
+    assert "SECRETMARK" not in result["stdout"] + result["stderr"]
 
 
 def test_the_gateways_are_scraped_over_https_and_their_certificates_probed(tmp_path):
@@ -288,7 +384,7 @@ def test_the_gateways_are_scraped_over_https_and_their_certificates_probed(tmp_p
         {"targets": ["gw-2.internal:8443"], "labels": {"host": "gw-2", "endpoint": "gateway"}}]
 
 
-def test_without_gateways_there_is_no_gateway_job(tmp_path):
-    result, out = render(tmp_path)
-    assert result.returncode == 0, result.stdout[-4000:]
+def test_without_gateways_there_is_no_gateway_job(defaults):
+    _tmp, result, out = defaults
+    assert result["returncode"] == 0, result["stdout"][-4000:]
     assert "gateway" not in jobs(load(out, "prometheus.yml"))
