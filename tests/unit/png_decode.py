@@ -16,11 +16,19 @@ class Image(object):
     def pixel(self, x, y):
         return tuple(self.rows[y][x * 3:x * 3 + 3])
 
+    def row_pixels(self, y):
+        """The pixels of row y, left to right, as pixel() gives them."""
+        row = self.rows[y]
+        return zip(row[0::3], row[1::3], row[2::3])
+
     def colours(self):
-        return {self.pixel(x, y) for y in range(self.height) for x in range(self.width)}
+        found = set()
+        for y in range(self.height):
+            found.update(self.row_pixels(y))
+        return found
 
     def count(self, colour):
-        return sum(1 for y in range(self.height) for x in range(self.width) if self.pixel(x, y) == colour)
+        return sum(list(self.row_pixels(y)).count(colour) for y in range(self.height))
 
 
 def chunks(data):
@@ -61,6 +69,11 @@ def decode(data):
     for y in range(height):
         kind = raw[y * (stride + 1)]
         line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        assert kind in (0, 1, 2, 3, 4), "unknown filter type %d in row %d" % (kind, y)
+        if kind == 0:  # None: the row as it is (the renderer's only filter; the byte loop below would keep it)
+            rows.append(bytes(line))
+            previous = line
+            continue
         for i in range(stride):
             left = line[i - 3] if i >= 3 else 0
             up = previous[i]
