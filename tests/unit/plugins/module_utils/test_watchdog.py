@@ -13,11 +13,13 @@ import threading
 import time
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _watchdog as wd
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 KEY = "sk-watchdog-test-0123456789abcdef"
 SETTINGS = dict(wd.load_config(json.dumps({"instances": []})), failures_before_restart=2, max_restarts=3,
                 restart_window=600.0)
@@ -280,10 +282,14 @@ def test_the_agent_port_answers_haproxys_question(tmp_path):
 
 
 def test_runs_with_a_plain_python3_from_the_installed_module_utils_and_names_a_taken_port(tmp_path):
-    # The vllm role installs the collection's module_utils directory as it is, under DIR/ansible_collections/...
+    # Exactly the files the vllm role installs, under DIR/ansible_collections/...
+    tasks = yaml.safe_load(open(os.path.join(ROOT, "roles", "vllm", "tasks", "watchdog.yml")))
+    files = [t for t in tasks if t["name"] == "Install the watchdog's Python files"][0]["loop"]
     root = tmp_path / "lib"
-    shutil.copytree(os.path.dirname(wd.__file__),
-                    str(root / "ansible_collections" / "inferops" / "vllm" / "plugins" / "module_utils"))
+    target = root / "ansible_collections" / "inferops" / "vllm" / "plugins" / "module_utils"
+    target.mkdir(parents=True)
+    for name in files:
+        shutil.copy(os.path.join(os.path.dirname(wd.__file__), name), str(target / name))
     python3 = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "LANG": "C"}
     module = "ansible_collections.inferops.vllm.plugins.module_utils._watchdog"
