@@ -29,8 +29,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     hosts = [LabHost("inferops-lab-1"), LabHost("inferops-lab-2")]
-    import ssl
-    gateway = {"url": "https://%s:7654" % hosts[0].ip, "context": ssl.create_default_context(cafile=gw.CA)}
+    gateway = gw.endpoint(hosts[0])
     outs, backs, failed, sent = [], [], 0, 0
     for run in range(args.runs):
         with wd.Client(gateway) as client:

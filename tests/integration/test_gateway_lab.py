@@ -25,10 +25,14 @@ MODEL = "qwen-small"
 CONTAINER = "vllm-qwen-small"
 
 
+def endpoint(gateway_host):
+    """The gateway on that lab host, as a client that trusts the scenario's CA reaches it."""
+    return {"url": "https://%s:7654" % gateway_host.ip, "context": ssl.create_default_context(cafile=CA)}
+
+
 @pytest.fixture(scope="module")
 def gateway(lab_hosts):
-    context = ssl.create_default_context(cafile=CA)
-    return {"url": "https://%s:7654" % lab_hosts[0].ip, "context": context}
+    return endpoint(lab_hosts[0])
 
 
 def call(gateway, path, key=None, body=None, timeout=30):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from test_gateway_lab import CONTAINER, KEYS, PORT, completion, gateway  # noqa: F401 (a fixture)
+from test_gateway_lab import CONTAINER, KEYS, PORT, completion, endpoint
 
 pytestmark = pytest.mark.gateway
 
@@ -38,6 +38,11 @@ head = lines[0].lstrip("# ").split(",")
 rows = [dict(zip(head, line.split(","))) for line in lines[1:] if line]
 print(json.dumps({r["svname"]: r["status"] for r in rows if r["pxname"] == "vllm"}))
 """
+
+
+@pytest.fixture(scope="module")
+def gateway(lab_hosts):
+    return endpoint(lab_hosts[0])
 
 
 def server_status(gateway_host, victim):
@@ -137,7 +142,7 @@ def test_a_crash_at_every_start_is_given_up_after_the_limit_and_the_journal_and_
         assert "%s: gave up, left out of rotation" % INSTANCE in journal, journal
         assert server_status(lab_hosts[0], victim).startswith(("DOWN", "MAINT"))
         # Meanwhile the other host serves every request.
-        assert [completion(gateway, KEYS[0]) for _ in range(5)] == [200] * 5
+        assert [completion(gateway, KEYS[0]) for _request in range(5)] == [200] * 5
     finally:
         victim.set_fault(PORT)
     # A person fixed it and starts it: once it serves, the watchdog lets it back and may restart it again.

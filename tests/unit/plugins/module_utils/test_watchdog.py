@@ -90,14 +90,14 @@ def watch(host, clock=None, saved=None, **overrides):
 
 
 def run(w, steps, clock=None, every=5.0):
-    for _ in range(steps):
+    for _step in range(steps):
         w.step()
         if clock:
             clock.now += every
 
 
 def test_before_any_probe_the_agent_leaves_the_verdict_to_the_health_checks():
-    w, _ = watch(FakeHost([]))
+    w, _lines = watch(FakeHost([]))
     assert w.agent_answer() == "up"
 
 
@@ -110,13 +110,13 @@ def test_a_hang_takes_the_instance_out_at_the_first_failure_and_restarts_it_at_t
     answer = w.agent_answer()
     assert answer.startswith("down #watchdog failing: unhealthy (inference_hang")
     assert "restart" not in host.calls
-    assert [p for p, _ in lines] == [wd.WARNING] and "out of rotation" in lines[0][1]
+    assert [p for p, _line in lines] == [wd.WARNING] and "out of rotation" in lines[0][1]
     w.step()
     assert host.calls[-4:] == ["probe", "diagnose", "restart", "wait_ready"]
     assert w.agent_answer() == "up"
     snap = w.snapshot()
     assert snap["restarts_total"] == 1 and snap["state"] == "serving" and snap["failures_in_a_row"] == 0
-    said = " | ".join(line for _, line in lines)
+    said = " | ".join(line for _prio, line in lines)
     assert "restarting (1 of at most 3 in 600 s)" in said and "inference_hang" in said
     assert "qwen-20261206T120000Z" in said and "serves again" in said
 
@@ -135,7 +135,7 @@ def test_an_instance_that_does_not_come_back_stays_out_with_the_reason():
     w, lines = watch(host)
     run(w, 2)
     assert w.snapshot()["state"] == "failing" and not w.snapshot()["in_rotation"]
-    assert any("not serving" in line and "start_period" in line for _, line in lines)
+    assert any("not serving" in line and "start_period" in line for _prio, line in lines)
 
 
 def test_a_crash_at_every_start_ends_after_the_limit_the_runtime_is_stopped_and_the_journal_says_why():
@@ -155,7 +155,7 @@ def test_a_crash_at_every_start_ends_after_the_limit_the_runtime_is_stopped_and_
     assert len(crit) == 1 and "gave up" in crit[0] and "stopped" in crit[0]
     assert w.agent_answer().startswith("down #watchdog gave_up: 3 restarts")
     run(w, 2, clock)
-    assert host.calls.count("stop") == 1 and len([1 for p, _ in lines if p == wd.CRIT]) == 1
+    assert host.calls.count("stop") == 1 and len([1 for p, _line in lines if p == wd.CRIT]) == 1
 
 
 def test_the_watchdogs_own_restarts_count_and_a_hang_after_each_one_ends_in_giving_up_without_a_stop():
@@ -170,7 +170,7 @@ def test_the_watchdogs_own_restarts_count_and_a_hang_after_each_one_ends_in_givi
 def test_restarts_older_than_the_window_no_longer_count():
     clock = Clock()
     host = FakeHost([HUNG] * 6 + [HUNG] * 2)
-    w, _ = watch(host, clock=clock)
+    w, _lines = watch(host, clock=clock)
     run(w, 6, clock)
     assert host.calls.count("restart") == 3
     clock.now += 600
@@ -184,7 +184,7 @@ def test_a_given_up_instance_comes_back_once_it_serves_and_may_be_restarted_agai
     w, lines = watch(host, clock=clock)
     run(w, 9, clock)
     assert w.snapshot()["state"] == "serving" and w.agent_answer() == "up"
-    assert any("restarts allowed again" in line for _, line in lines)
+    assert any("restarts allowed again" in line for _prio, line in lines)
     run(w, 2, clock)
     assert host.calls.count("restart") == 4
 
@@ -195,12 +195,12 @@ def test_a_stopped_instance_is_never_started_and_said_once():
     w, lines = watch(host)
     run(w, 4)
     assert "restart" not in host.calls and w.snapshot()["state"] == "stopped"
-    assert len([line for _, line in lines if "does not start a stopped instance" in line]) == 1
+    assert len([line for _prio, line in lines if "does not start a stopped instance" in line]) == 1
 
 
 def test_a_starting_instance_is_out_but_left_to_start():
     host = FakeHost([verdict("starting")] * 4)
-    w, _ = watch(host)
+    w, _lines = watch(host)
     run(w, 4)
     assert "restart" not in host.calls and w.agent_answer().startswith("down #watchdog starting")
 
@@ -216,7 +216,7 @@ def test_a_key_or_model_mismatch_holds_the_instance_out_without_restarting_it(co
 
 def test_the_agent_answer_is_one_safe_line_whatever_the_server_said():
     host = FakeHost([verdict("unhealthy", "inference_hang", "evil\r\nup\n#; drain \x00 " + "x" * 500)])
-    w, _ = watch(host)
+    w, _lines = watch(host)
     w.step()
     answer = w.agent_answer()
     assert answer.startswith("down #") and len(answer) <= 6 + wd.AGENT_REASON_MAX
@@ -229,7 +229,7 @@ def test_state_survives_a_restart_of_the_watchdog_and_has_no_key(tmp_path):
     host = FakeHost([HUNG] * 2 + [verdict("down", "x", "key %s leaked" % KEY, running=False, restarting=True,
                                           restart_count=c) for c in range(1, 6)])
     first = wd.Watchdog(config, actions=host, out=open(os.devnull, "w"))
-    for _ in range(7):
+    for _step in range(7):
         first.watches["qwen"].step()
     first.save()
     text = (tmp_path / "state.json").read_text()
@@ -403,7 +403,7 @@ def test_a_held_instance_is_not_probed_and_its_failures_start_again_from_zero():
     host.hold = True
     run(w, 3)
     assert host.calls == ["probe"] and w.agent_answer() == "up" and w.snapshot()["state"] == "held"
-    assert len([line for _, line in lines if "held by a planned operation" in line]) == 1
+    assert len([line for _prio, line in lines if "held by a planned operation" in line]) == 1
     host.hold = False
     w.step()
     assert "restart" not in host.calls
