@@ -204,7 +204,8 @@ class Watch(object):
         self.in_rotation = None if self.state != "gave_up" else False
         self.failures = 0
         self.runtime_restarts = None
-        self.runtime_restart_times = []
+        # Who made the last restart counted: the runtime (Docker's policy, systemd's Restart=) or the watchdog.
+        self.last_restart_by = None
         self.last_status = None
         self.last_probe = None
         self.bundle = saved.get("bundle")
@@ -308,6 +309,7 @@ class Watch(object):
             self.bundle = bundle
             self.restarts.append(now)
             self.restarts_total += 1
+            self.last_restart_by = "watchdog"
         self.say(ERR, "%s: restarting (%d of at most %d in %d s): %s; diagnostics: %s" % (
             self.name, len(self.restarts), self.settings["max_restarts"], self.settings["restart_window"], what,
             bundle))
@@ -331,7 +333,7 @@ class Watch(object):
 
     def _give_up(self, report, runtime):
         stopped = ""
-        if runtime.get("restarting") or self.runtime_restart_times:
+        if runtime.get("restarting") or self.last_restart_by == "runtime":
             error = self.actions.stop(self.instance)
             stopped = " The runtime kept restarting it: stopped (%s)." % ("done" if not error else "failed: " + error)
         reason = "%d restarts in the last %d s (limit %d), last: %s.%s Fix it, then run restart.yml." % (
@@ -342,9 +344,7 @@ class Watch(object):
 
     def _forget_old_restarts(self, now):
         with self.lock:
-            window = self.settings["restart_window"]
-            self.restarts = [t for t in self.restarts if now - t < window]
-            self.runtime_restart_times = [t for t in self.runtime_restart_times if now - t < window]
+            self.restarts = [t for t in self.restarts if now - t < self.settings["restart_window"]]
 
     def _count_runtime_restarts(self, runtime, now, quiet=False):
         """Restarts the runtime made by itself (Docker's restart policy, systemd's Restart=) count toward the
@@ -358,7 +358,7 @@ class Watch(object):
         added = count - previous
         with self.lock:
             self.restarts.extend([now] * added)
-            self.runtime_restart_times.extend([now] * added)
+            self.last_restart_by = "runtime"
         if not quiet:
             self.say(WARNING, "%s: restarted by its runtime %d time(s) since the last probe" % (self.name, added))
 

@@ -167,6 +167,17 @@ def test_the_watchdogs_own_restarts_count_and_a_hang_after_each_one_ends_in_givi
     assert w.snapshot()["state"] == "gave_up"
 
 
+def test_a_runtime_restart_earlier_in_the_window_does_not_make_a_hang_given_up_a_stop():
+    # Docker restarted it once (an engine death), then it hangs after each of the watchdog's restarts.
+    clock = Clock()
+    died = verdict("starting", restart_count=1)
+    host = FakeHost([HEALTHY, died, HEALTHY] + [HUNG] * 8)
+    w, _lines = watch(host, clock=clock)
+    run(w, 11, clock)
+    assert host.calls.count("restart") == 2 and w.snapshot()["state"] == "gave_up"
+    assert "stop" not in host.calls and "stopped" not in w.snapshot()["reason"]
+
+
 def test_restarts_older_than_the_window_no_longer_count():
     clock = Clock()
     host = FakeHost([HUNG] * 6 + [HUNG] * 2)
