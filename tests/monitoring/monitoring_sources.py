@@ -7,6 +7,8 @@
 """
 import contextlib
 import functools
+import io
+import json
 import os
 import re
 import socket
@@ -17,7 +19,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_metrics
+from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_metrics, _watchdog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REAL_VLLM_METRICS = os.path.join(HERE, "fixtures", "real-vllm-0.32.0.metrics")
@@ -112,11 +114,20 @@ def running(argv):
             proc.wait()
 
 
+def watchdog_text():
+    """What the vllm role's watchdog writes for the textfile collector, by its own code, for one instance."""
+    config = _watchdog.load_config(json.dumps({"instances": [{"name": "chat", "port": 8000, "model": "m"}],
+                                               "state_file": os.devnull}))
+    return _watchdog.Watchdog(config, actions=object(), out=io.StringIO()).metrics()
+
+
 @functools.lru_cache(maxsize=None)
 def _node_exporter_scrape(binary):
     with tempfile.TemporaryDirectory() as textfiles:
         with open(os.path.join(textfiles, "inferops_gpu.prom"), "w") as handle:
             handle.write(collector_text())
+        with open(os.path.join(textfiles, _watchdog.METRICS_FILE), "w") as handle:
+            handle.write(watchdog_text())
         port = free_port()
         with running([binary, "--web.listen-address=127.0.0.1:%d" % port,
                       "--collector.textfile.directory=%s" % textfiles]):
@@ -133,6 +144,11 @@ def collector_metric_names(tool=None):
         return frozenset(sample_names(collector_text()))
     text = node_exporter_text(tool)
     return frozenset(name for name in sample_names(text) if name.startswith("inferops_gpu_"))
+
+
+def watchdog_metric_names(tool):
+    """The watchdog's names, as Debian's node exporter read them from its textfile directory."""
+    return frozenset(name for name in sample_names(node_exporter_text(tool)) if name.startswith("inferops_watchdog_"))
 
 
 # The systemd collector needs systemd's D-Bus, which this test machine lacks: these names are held to the strings

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from monitoring_sources import (blackbox_probe_metric_names, collector_metric_names, dcgm_metric_names,
-                                gateway_metric_names, node_exporter_metric_names, vllm_metric_names)
+                                gateway_metric_names, node_exporter_metric_names, vllm_metric_names,
+                                watchdog_metric_names)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -60,4 +61,5 @@ def selected_metrics(expr):
 def exported_metric_names():
     """Every name the real exporters export, and what Prometheus adds itself."""
     return (vllm_metric_names() | collector_metric_names(tool) | node_exporter_metric_names(tool)
-            | blackbox_probe_metric_names(tool) | gateway_metric_names() | dcgm_metric_names() | PROMETHEUS_SERIES)
+            | blackbox_probe_metric_names(tool) | gateway_metric_names() | dcgm_metric_names()
+            | watchdog_metric_names(tool) | PROMETHEUS_SERIES)
