@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -68,7 +69,8 @@ def shared(tmp_path_factory, name, produce):
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = directory / "result.json"
         if not done.exists():
-            directory.mkdir(exist_ok=True)
+            shutil.rmtree(str(directory), ignore_errors=True)  # what a run that raised left
+            directory.mkdir()
             done.write_text(json.dumps(produce(directory)))
         return directory, json.loads(done.read_text())
 
