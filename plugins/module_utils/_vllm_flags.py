@@ -25,6 +25,7 @@ STRUCTURED = {
     "enforce-eager": "enforce_eager", "trust-remote-code": "trust_remote_code", "download-dir": "download_dir",
     "api-key": "api_keys", "ssl-certfile": "ssl_certfile", "ssl-keyfile": "ssl_keyfile",
     "ssl-ca-certs": "ssl_ca_certs", "enable-ssl-refresh": "enable_ssl_refresh", "config": "(managed by vllm_serve)",
+    "shutdown-timeout": "shutdown_timeout",
 }
 
 # Flags that users carry over from older vLLM releases -> (what to do instead, the flags that advice names).

@@ -18,7 +18,7 @@ NUMBERS = (("gpu_memory_utilization", 0, 1, True), ("tensor_parallel_size", 1, N
            ("pipeline_parallel_size", 1, None, False), ("max_model_len", 1, None, False),
            ("max_num_seqs", 1, None, False), ("max_num_batched_tokens", 1, None, False),
            ("shm_size_mib", 1, None, False), ("health_start_period", 0, None, False),
-           ("stop_timeout", 0, None, False))
+           ("stop_timeout", 0, None, False), ("shutdown_timeout", 0, None, False))
 
 
 def check(params, prefix=""):
@@ -41,3 +41,9 @@ def check(params, prefix=""):
     for name, minimum, maximum, above in NUMBERS:
         _validate.number(field(name), params.get(name), minimum, maximum, above_minimum=above)
     _validate.argument_values(field("extra_args"), params.get("extra_args"))
+    drain, stop = params.get("shutdown_timeout"), params.get("stop_timeout")
+    if drain and stop is not None and stop <= drain:
+        raise _validate.InputError(
+            "%s: %s s does not exceed %s (%s s): Docker or systemd would kill vLLM while it lets its requests finish; "
+            "give %s at least %d" % (field("stop_timeout"), stop, field("shutdown_timeout"), drain,
+                                     field("stop_timeout"), drain + 5))

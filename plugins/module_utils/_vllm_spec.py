@@ -152,6 +152,9 @@ class Spec(object):
                              ("enable_ssl_refresh", "enable-ssl-refresh")):
             if p[option]:
                 argv.append("--" + flag)
+        if p.get("shutdown_timeout"):
+            # On SIGTERM vLLM lets the requests in flight finish for this long (0, its default, aborts them).
+            argv += _flag("shutdown-timeout", p["shutdown_timeout"])
         if p["download_dir"]:
             argv += _flag("download-dir", self._inside(p["download_dir"]))
         for option, flag in (("ssl_certfile", "ssl-certfile"), ("ssl_keyfile", "ssl-keyfile"),

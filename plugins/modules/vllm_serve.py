@@ -209,9 +209,18 @@ options:
     description: Seconds the HEALTHCHECK waits for the model to load; default grows with the model's size.
     type: int
   stop_timeout:
-    description: Seconds to wait for a graceful stop before killing.
+    description:
+      - Seconds to wait for a graceful stop before killing (also the container's own stop timeout, so any
+        C(docker stop) waits as long).
+      - Must exceed O(shutdown_timeout).
     type: int
     default: 30
+  shutdown_timeout:
+    description:
+      - Seconds vLLM lets the requests in flight finish when it is stopped (C(--shutdown-timeout)); new requests are
+        refused meanwhile. V(0), vLLM's default, aborts them at once (streams end with C(finish_reason) V(abort)).
+    type: int
+    default: 0
   log_max_size:
     description: Docker log rotation size (json-file driver).
     type: str
@@ -564,7 +573,7 @@ class VllmServe(object):
         self.changed |= self.secrets_dir()
         extra = {"ipc_host": p["ipc_host"], "shm": p["shm_size_mib"], "restart": p["restart_policy"],
                  "publish": p["publish_address"], "hf_cache": p["hf_cache"], "log": p["log_max_size"],
-                 "user": p["service_user"], "venv": p["venv_path"]}
+                 "user": p["service_user"], "venv": p["venv_path"], "stop": p["stop_timeout"]}
         try:
             secrets_digest = self.spec.secrets_digest(self.salt())
             config_hash = self.spec.config_hash(image, environment, extra, secrets_digest)
@@ -754,6 +763,7 @@ def main():
                                 default="unless-stopped"),
             health_start_period=dict(type="int"),
             stop_timeout=dict(type="int", default=30),
+            shutdown_timeout=dict(type="int", default=0),
             log_max_size=dict(type="str", default="100m"),
             service_user=dict(type="str", default="root"),
             venv_path=dict(type="path", default="/opt/vllm"),

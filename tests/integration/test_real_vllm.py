@@ -70,20 +70,21 @@ def real(lab_hosts, tmp_path_factory):
     files.update({"first.crt": first.cert_chain_pems[0].bytes(), "first.key": first.private_key_pem.bytes()})
     for name, blob in files.items():
         (tmp / name).write_bytes(blob)
-    # --shutdown-timeout (a flag the catalog knows): on SIGTERM vLLM finishes the requests in flight before it
-    # exits, within the container's stop timeout (vllm_stop_timeout, 30 s). Without it, a restart under traffic
-    # can leave vLLM waiting for its connections until Docker kills it.
+    # vllm_shutdown_timeout (--shutdown-timeout): on SIGTERM vLLM finishes the requests in flight before it exits,
+    # within the container's stop timeout (vllm_stop_timeout, 30 s). Without it, a restart under traffic can leave
+    # vLLM waiting for its connections until Docker kills it.
     # VLLM_CPU_OMP_THREADS_BIND=nobind: vLLM's CPU build pins every instance's worker to core 0, and a worker that
     # served in the last second spins on its core; two instances on these 2 cores then starved each other's
     # restarts (a new worker waited minutes for core 0). Unpinned, the kernel spreads them.
     instances = [{"name": name, "model": MODEL_DIR, "model_path_map": {"/srv/models": "/models"},
                   "port": port, "gpu_memory_utilization": 0.3, "enforce_eager": True,
-                  "extra_args": {"shutdown-timeout": 10}, "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}}
+                  "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}}
                  for name, port in sorted(PORTS.items())]
     instances[0]["served_model_name"] = SERVED[PORTS["tiny-a"]]
     host_vars = {"vllm_image": image, "vllm_image_pull": "never", "vllm_api_keys": [KEY], "vllm_instances": instances,
                  "vllm_tls_cert_src": str(tmp / "first.crt"), "vllm_tls_key_src": str(tmp / "first.key"),
-                 "vllm_tls_ca_src": str(tmp / "ca.crt"), "vllm_wait_step": 5, "vllm_wait_start_period": 300}
+                 "vllm_tls_ca_src": str(tmp / "ca.crt"), "vllm_wait_step": 5, "vllm_wait_start_period": 300,
+                 "vllm_shutdown_timeout": 10}
     inventory = tmp / "real_vllm.yml"
     inventory.write_text(json.dumps({"all": {"hosts": {host.name: host_vars}}}))
     proc = playbook(os.path.join(ROOT, "tests", "integration", "playbooks", "real_vllm.yml"), str(inventory),

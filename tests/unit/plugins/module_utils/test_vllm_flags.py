@@ -55,7 +55,7 @@ def test_a_flag_is_removed_only_where_the_release_lacks_it():
 
 
 @pytest.mark.parametrize("flag", ["enable-log-requests", "attention-backend", "kv-cache-memory-bytes", "runner",
-                                  "shutdown-timeout", "max-cudagraph-capture-size", "mm-processor-cache-gb",
+                                  "max-cudagraph-capture-size", "mm-processor-cache-gb",
                                   "pooler-config", "spec-model", "optimization-level", "headless", "nnodes",
                                   "node-rank", "master-addr"])
 def test_flags_users_ask_for_are_accepted(flag):
@@ -86,6 +86,8 @@ def test_structured_and_secret_flags_are_not_extra_args():
         _vllm_flags.check_extra_args({"api-key": "x"}, V033)
     with pytest.raises(_vllm_flags.FlagError, match="--max-model-len is set by the option max_model_len"):
         _vllm_flags.check_extra_args({"max_model_len": 10}, V033)
+    with pytest.raises(_vllm_flags.FlagError, match="--shutdown-timeout is set by the option shutdown_timeout"):
+        _vllm_flags.check_extra_args({"shutdown-timeout": 10}, V033)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -43,6 +43,24 @@ def test_structured_options_become_vllm_flags_model_first():
         "--max-loras", "4"]
 
 
+def test_a_shutdown_timeout_lets_vllm_finish_its_requests_on_sigterm_and_none_aborts_them():
+    argv = Spec(params(shutdown_timeout=20)).serve_args()
+    assert argv[argv.index("--shutdown-timeout") + 1] == "20"
+    assert "--shutdown-timeout" not in Spec(params(shutdown_timeout=0)).serve_args()
+    assert "--shutdown-timeout" not in Spec(params()).serve_args()
+
+
+@pytest.mark.parametrize("stop", [20, 10, 0])
+def test_a_stop_timeout_that_does_not_outlast_the_drain_is_refused_naming_both(stop):
+    from ansible_collections.inferops.vllm.plugins.module_utils import _validate, _vllm_input
+    with pytest.raises(_validate.InputError) as caught:
+        _vllm_input.check(params(shutdown_timeout=20, stop_timeout=stop), prefix="vllm_instances[0].")
+    message = str(caught.value)
+    assert message.startswith("vllm_instances[0].stop_timeout:") and "shutdown_timeout (20 s)" in message
+    assert "at least 25" in message
+    _vllm_input.check(params(shutdown_timeout=20, stop_timeout=25))
+
+
 def test_api_keys_go_through_a_config_file_never_argv_or_env():
     token = "hf_" + "x" * 30
     spec = Spec(params(api_keys=["k-one", "k-two"], hf_token=token))
