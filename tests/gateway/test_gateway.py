@@ -352,6 +352,30 @@ def test_bad_options_are_refused_before_anything_is_written(tmp_path, certificat
     assert not (tmp_path / "out" / "haproxy.cfg").exists()
 
 
+def test_a_key_a_rotation_retired_is_refused_unless_let_back_on_purpose(tmp_path, certificates):
+    """rotate_api_key.yml leaves salted digests of the keys it retired; a deploy whose inventory still names one
+    fails, naming the option and the way out, without the key in its output."""
+    import hashlib
+    salt = "5f0c9a1e"
+    retired = {"salt": salt, "retired_at": "2026-12-06T10:00:00Z",
+               "digests": [hashlib.sha256((salt + CLIENT_KEYS[0]).encode()).hexdigest()]}
+    hosts = {}
+    for name, extra in (("revived", {}), ("allowed", {"gateway_allow_retired_keys": True}),
+                        ("current", {"gateway_api_keys": CLIENT_KEYS[1:]})):
+        case = tmp_path / name
+        (case / "conf").mkdir(parents=True)
+        (case / "conf" / "retired-keys.json").write_text(json.dumps(retired))
+        hosts[name] = host_vars(case, certificates, [{"name": "a", "model": MODEL, "port": 8000}], **extra)
+    result = render(tmp_path, hosts)
+    failures = dict(re.findall(r"^fatal: \[(\w+)\]: FAILED! => *\n((?:    .*\n)+)", result.stdout, re.M))
+    assert sorted(failures) == ["revived"], result.stdout[-3000:]
+    said = " ".join(failures["revived"].split())
+    assert "gateway_api_keys holds 1 key(s) that rotate_api_key.yml retired on this gateway on 2026-12-06" in said
+    assert "gateway_allow_retired_keys" in said
+    for secret in CLIENT_KEYS + [BACKEND_KEY]:
+        assert secret not in result.stdout + result.stderr
+
+
 def render_prometheus(tmp, gateway_port):
     """The monitoring role's scrape configuration (tests/monitoring/render-prometheus.yml) for a fleet whose only
     gateway is this machine's HAProxy."""
