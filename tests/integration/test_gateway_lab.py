@@ -2,8 +2,10 @@
 inferops-lab-1:7654 in front of one emulated instance on each lab host. Run by that scenario's verify step
 (`-m gateway`), not by the lab stage: a reload under a stream in flight drops nothing, and an engine death costs
 only the requests of the seconds before the health checks see it."""
+import hashlib
 import json
 import os
+import re
 import ssl
 import subprocess
 import threading
@@ -57,6 +59,62 @@ def completion(gateway, key):
 
 def served(host):
     return host.logs(CONTAINER).count("POST /v1/completions")
+
+
+def stream(gateway, key, max_tokens=300):
+    """One stream through the gateway: True when it ends with [DONE] after all its tokens, else what went wrong."""
+    request = urllib.request.Request(
+        gateway["url"] + "/v1/completions", method="POST",
+        data=json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": max_tokens, "stream": True}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
+    try:
+        with urllib.request.urlopen(request, timeout=60, context=gateway["context"]) as response:
+            events = [line.strip() for line in response if line.startswith(b"data: ")]
+    except (OSError, urllib.error.URLError) as error:
+        return str(error)
+    if not events or events[-1] != b"data: [DONE]":
+        return "cut after %d events" % len(events)
+    tokens = sum(1 for chunk in map(json.loads, (event[6:] for event in events[:-1]))
+                 if chunk["choices"] and chunk["choices"][0]["text"])
+    return True if tokens == max_tokens else "%d tokens of %d" % (tokens, max_tokens)
+
+
+class Traffic(object):
+    """Completions every 0.1 s and 300-token streams back to back through the gateway, while a change runs."""
+
+    def __init__(self, gateway):
+        self.completions, self.streams = [], []
+        self.stop = threading.Event()
+        self.workers = [threading.Thread(target=self._completions, args=(gateway,), daemon=True),
+                        threading.Thread(target=self._streams, args=(gateway,), daemon=True)]
+
+    def _completions(self, gateway):
+        while not self.stop.is_set():
+            self.completions.append(completion(gateway, KEYS[0]))
+            time.sleep(0.1)
+
+    def _streams(self, gateway):
+        while not self.stop.is_set():
+            self.streams.append(stream(gateway, KEYS[1]))
+
+    def __enter__(self):
+        for worker in self.workers:
+            worker.start()
+        time.sleep(2)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(2)
+        self.stop.set()
+        for worker in self.workers:
+            worker.join(90)
+
+    def report(self, what):
+        failed = [status for status in self.completions if status != 200]
+        cut = [outcome for outcome in self.streams if outcome is not True]
+        print("%s through the gateway: %d completions (%d failed), %d streams of 300 tokens (%d cut)" % (
+            what, len(self.completions), len(failed), len(self.streams), len(cut)))
+        return failed, cut
 
 
 def test_both_hosts_serve_through_the_gateway_and_every_path_wants_a_key(gateway, lab_hosts):
@@ -145,48 +203,80 @@ def test_an_engine_death_costs_only_the_requests_before_the_checks_see_it(gatewa
 def test_a_rolling_restart_through_the_runbook_fails_no_request_and_cuts_no_stream(gateway, lab_hosts):
     """restart.yml restarts every instance, one host at a time; the vllm role drains each at the gateway first
     (waiting for its streams), and puts it back once its health gate passes."""
-    completions, streams = [], []
-    stop = threading.Event()
-
-    def send_completions():
-        while not stop.is_set():
-            completions.append(completion(gateway, KEYS[0]))
-            time.sleep(0.1)
-
-    def send_streams():
-        while not stop.is_set():
-            request = urllib.request.Request(
-                gateway["url"] + "/v1/completions", method="POST",
-                data=json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 300, "stream": True}).encode(),
-                headers={"Content-Type": "application/json", "Authorization": "Bearer " + KEYS[1]})
-            try:
-                with urllib.request.urlopen(request, timeout=60, context=gateway["context"]) as response:
-                    events = [line.strip() for line in response if line.startswith(b"data: ")]
-                streams.append(bool(events) and events[-1] == b"data: [DONE]" and len(events) > 300)
-            except (OSError, urllib.error.URLError) as error:
-                streams.append(str(error))
-
     started = {host.name: host.container_state(CONTAINER)["StartedAt"] for host in lab_hosts}
-    workers = [threading.Thread(target=send_completions, daemon=True), threading.Thread(target=send_streams, daemon=True)]
-    for worker in workers:
-        worker.start()
-    try:
-        time.sleep(2)
+    with Traffic(gateway) as traffic:
         inventory = os.environ["GATEWAY_LAB_INVENTORY"]
         cmd = ["ansible-playbook", os.path.join(ROOT, "playbooks", "runbooks", "restart.yml"), "-i", inventory]
         env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOAD_CALLBACK_PLUGINS="0")
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
-        time.sleep(2)
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join(90)
     assert result.returncode == 0, result.stdout[-4000:]
     assert result.stdout.count("TASK [inferops.vllm.gateway : At the gateways, drain qwen-small]") == 2
     assert result.stdout.count("TASK [inferops.vllm.gateway : At the gateways, ready qwen-small]") == 2
     for host in lab_hosts:
         assert host.container_state(CONTAINER)["StartedAt"] != started[host.name], "%s was not restarted" % host.name
-    print("rolling restart through the gateway: %d completions, %d streams" % (len(completions), len(streams)))
-    assert len(completions) > 50 and len(streams) > 5
-    assert [status for status in completions if status != 200] == []
-    assert [outcome for outcome in streams if outcome is not True] == []
+    failed, cut = traffic.report("rolling restart")
+    assert len(traffic.completions) > 50 and len(traffic.streams) > 5
+    assert failed == [] and cut == []
+
+
+# The certificate rotations come last: the test before them runs the gateway role, which would put the inventory's
+# certificate back over a rotated one (the third rotation writes it back, so later role runs keep it).
+LAB_PKI = os.path.join(ROOT, "build", "molecule-gateway")  # extensions/molecule/gateway/prepare.yml
+
+
+def rotate_gateway_cert(gateway_host, **extra):
+    """rotate_certs.yml on the gateway only, a new certificate issued by the scenario's CA unless extra says."""
+    args = dict(rotate=["gateway"], ca_cert_src=os.path.join(LAB_PKI, "ca.crt"),
+                ca_key_src=os.path.join(LAB_PKI, "ca.key"),
+                required_names=[gateway_host.name, gateway_host.ip, "127.0.0.1"])
+    args.update(extra)
+    cmd = ["ansible-playbook", os.path.join(ROOT, "playbooks", "runbooks", "rotate_certs.yml"), "-i",
+           os.environ["GATEWAY_LAB_INVENTORY"], "-e", json.dumps(args)]
+    env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOAD_CALLBACK_PLUGINS="0")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def served_fingerprint(gateway_host):
+    pem = ssl.get_server_certificate((gateway_host.ip, 7654))
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def file_fingerprint(path):
+    with open(path) as handle:
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(handle.read())).hexdigest()
+
+
+def test_a_gateway_certificate_whose_key_does_not_match_is_refused_before_the_swap(lab_hosts):
+    gateway_host = lab_hosts[0]
+    before = served_fingerprint(gateway_host)
+    result = rotate_gateway_cert(gateway_host, cert_src=os.path.join(LAB_PKI, "gateway.crt"),
+                                 key_src=os.path.join(LAB_PKI, "ca.key"), ca_cert_src=os.path.join(LAB_PKI, "ca.crt"))
+    assert result.returncode != 0
+    assert "nothing was swapped" in result.stdout, result.stdout[-3000:]
+    assert "the key does not match the certificate (give as key_src the key it was issued for)" in result.stdout
+    assert "Place the certificate and its key" not in result.stdout
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+    assert served_fingerprint(gateway_host) == before
+
+
+def test_three_gateway_certificate_rotations_fail_no_request_and_cut_no_stream(gateway, lab_hosts):
+    """Each rotation swaps gateway.pem and reloads HAProxy: the old process finishes what it has, the new one takes
+    the new connections with the new certificate, which the client (trusting the scenario's CA) accepts."""
+    gateway_host = lab_hosts[0]
+    seen = [served_fingerprint(gateway_host)]
+    with Traffic(gateway) as traffic:
+        for turn in range(3):
+            result = rotate_gateway_cert(gateway_host, write_back=turn == 2)
+            assert result.returncode == 0, result.stdout[-4000:]
+            assert "RUNNING HANDLER [inferops.vllm.gateway : Reload the gateway]" in result.stdout
+            issued = re.search(r"SHA-256 ([0-9a-f:]+)", result.stdout).group(1).replace(":", "")
+            assert issued not in seen
+            seen.append(issued)
+            assert served_fingerprint(gateway_host) == issued, "turn %d" % (turn + 1)
+    failed, cut = traffic.report("three certificate rotations")
+    assert len(traffic.completions) > 50 and len(traffic.streams) > 5
+    assert failed == [] and cut == []
+    assert served_fingerprint(gateway_host) == seen[-1]
+    # write_back on the third: the inventory's pair is the served one, so the next deploy keeps it.
+    assert "now hold the new pair" in " ".join(result.stdout.split())
+    assert file_fingerprint(os.path.join(LAB_PKI, "gateway.crt")) == seen[-1]
