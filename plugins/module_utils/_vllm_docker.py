@@ -115,8 +115,8 @@ class DockerInstance(object):
                          "timeout": 10 * NANOSECONDS, "retries": 5,
                          "start_period": health_start_period * NANOSECONDS},
             log_config=LogConfig(type="json-file", config={"max-size": p["log_max_size"], "max-file": "5"}),
-            # Any `docker stop` (a host shutdown, a person) waits as long as the role's stops do, not Docker's 10 s.
-            stop_signal="SIGTERM", stop_timeout=p["stop_timeout"], **host_config)
+            # Not stop_timeout: Debian 12's Docker SDK (5.0.3) refuses it here, so the module's stops pass it instead.
+            stop_signal="SIGTERM", **host_config)
         return container
 
     def start(self, container):

@@ -31,8 +31,8 @@ def rotate(tmp_path, phase):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
-def test_a_client_key_rotation_at_the_gateway_fails_no_request_and_cannot_be_undone_by_a_deploy(gateway, lab_hosts,
-                                                                                               tmp_path):
+def test_a_client_key_rotation_at_the_gateway_fails_no_request_and_cannot_be_undone_by_a_deploy(
+        gateway, lab_hosts, tmp_path):
     started = {host.name: host.container_state(CONTAINER)["StartedAt"] for host in lab_hosts}
     key = {"now": KEYS[0]}
     results = []
