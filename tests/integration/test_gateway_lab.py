@@ -278,5 +278,6 @@ def test_three_gateway_certificate_rotations_fail_no_request_and_cut_no_stream(g
     assert failed == [] and cut == []
     assert served_fingerprint(gateway_host) == seen[-1]
     # write_back on the third: the inventory's pair is the served one, so the next deploy keeps it.
-    assert "now hold the new pair" in " ".join(result.stdout.split())
+    # Letters only: the callback may fold the message as a double-quoted YAML scalar, with "\ " continuations.
+    assert "nowholdthenewpair" in re.sub(r"[^a-z]", "", result.stdout.lower())
     assert file_fingerprint(os.path.join(LAB_PKI, "gateway.crt")) == seen[-1]
