@@ -322,6 +322,12 @@ memory_plan:
   type: dict
   sample: {weights_gib: 65.8, weights_per_gpu_gib: 32.9, gpus: [{index: 4, free_gib: 79.6, budget_gib: 71.7,
            kv_cache_gib: 37.3}]}
+interrupts:
+  description:
+    - Whether this run stops, restarts or recreates the running instance (in check mode, whether it would), so
+      that a caller can drain it at a gateway first. A start of a stopped instance does not interrupt it.
+  returned: unless absent
+  type: bool
 config_hash:
   description: Hash of the desired configuration (salted for the secrets).
   returned: unless absent
@@ -607,6 +613,8 @@ class VllmServe(object):
             self.diff["before"] = backend.current_summary(container) if container else {}
             self.diff["after"] = summary
             stale = container is not None and backend.current_hash(container) != config_hash
+            running = container is not None and backend.is_running(container)
+            self.result["interrupts"] = running and (stale or p["state"] in ("stopped", "restarted") or files_changed)
             if (container is None or stale) and not backend.check_image():
                 if p["pull"] == "never":
                     self.fail("image %s is not on this host and pull is never" % image)
@@ -654,6 +662,9 @@ class VllmServe(object):
             self.diff["after"] = {"unit": content, "summary": summary}
             unit_changed = _files.write(path, content, 0o644, 0, 0, self.check_mode)
             self.changed |= unit_changed
+            active = _systemd.unit_state(unit)["active"]
+            self.result["interrupts"] = active and (unit_changed or files_changed or
+                                                    p["state"] in ("stopped", "restarted"))
             if self.check_mode:
                 self.changed |= files_changed or p["state"] == "restarted"
                 self.result["unit"] = unit

@@ -60,6 +60,7 @@ def test_idempotent_check_and_diff_mode(gpu_state, instance):
     args = {"name": "idem", "gpus": ["3"], "port": 8301, "api_keys": ["idem-key"], "env": {"MY_SETTING": "on"}}
     checked = serve(gpu_state, check=True, **args)
     assert checked["changed"] is True and "vllm-idem" not in containers(gpu_state)
+    assert checked["interrupts"] is False  # nothing runs yet
 
     first = serve(gpu_state, **args)
     assert first["changed"] is True and first["container"]["name"] == "vllm-idem"
@@ -68,10 +69,12 @@ def test_idempotent_check_and_diff_mode(gpu_state, instance):
     assert "idem-key" not in json.dumps(first)
     second = serve(gpu_state, **args)
     assert second["changed"] is False and second["container"]["id"] == first["container"]["id"]
+    assert second["interrupts"] is False
     assert serve(gpu_state, check=True, **args)["changed"] is False
 
     changed = serve(gpu_state, check=True, **dict(args, max_model_len=1024))
-    assert changed["changed"] is True
+    assert changed["changed"] is True and changed["interrupts"] is True  # the vllm role drains it first
+    assert serve(gpu_state, check=True, **dict(args, api_keys=["idem-key", "idem-key-2"]))["interrupts"] is True
     assert "--max-model-len" in changed["diff"]["after"]["args"]
     assert changed["diff"]["after"]["env"]["MY_SETTING"] == "********"
     assert serve(gpu_state, **args)["container"]["id"] == first["container"]["id"]  # check mode changed nothing
@@ -97,9 +100,11 @@ def test_stop_start_and_absent(gpu_state, instance):
     instance.append("life")
     args = {"name": "life", "gpus": ["5"], "port": 8303}
     serve(gpu_state, **args)
-    assert serve(gpu_state, **dict(args, state="stopped"))["changed"] is True
+    stopped = serve(gpu_state, **dict(args, state="stopped"))
+    assert stopped["changed"] is True and stopped["interrupts"] is True
     assert gpu_state.container_state("vllm-life")["Running"] is False
-    assert serve(gpu_state, **dict(args, state="started"))["changed"] is True
+    started = serve(gpu_state, **dict(args, state="started"))
+    assert started["changed"] is True and started["interrupts"] is False
     assert gpu_state.container_state("vllm-life")["Running"] is True
     gone = run_module(gpu_state.name, "inferops.vllm.vllm_serve", {"name": "life", "state": "absent"})
     assert gone["changed"] is True and "vllm-life" not in containers(gpu_state)
