@@ -74,7 +74,7 @@ def test_idempotent_check_and_diff_mode(gpu_state, instance):
 
     changed = serve(gpu_state, check=True, **dict(args, max_model_len=1024))
     assert changed["changed"] is True and changed["interrupts"] is True  # the vllm role drains it first
-    assert serve(gpu_state, check=True, **dict(args, api_keys=["idem-key", "idem-key-2"]))["interrupts"] is True
+    assert serve(gpu_state, check=True, **{**args, "api_keys": ["idem-key", "idem-key-2"]})["interrupts"] is True
     assert "--max-model-len" in changed["diff"]["after"]["args"]
     assert changed["diff"]["after"]["env"]["MY_SETTING"] == "********"
     assert serve(gpu_state, **args)["container"]["id"] == first["container"]["id"]  # check mode changed nothing
