@@ -1,0 +1,177 @@
+"""vllm_serve's two real backends under the manager, with Docker's SDK client and systemctl faked: the calls each
+plan makes, in order, as the module made them before plans."""
+
+import json
+
+import pytest
+from docker.errors import ImageNotFound, NotFound
+
+from ansible_collections.inferops.vllm.plugins.module_utils import _systemd, _vllm_docker, _vllm_serve_backends
+from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_serve_manager
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import LABEL_PREFIX
+
+from vllm_serve_fakes import Exited, FakeModule, params, snapshot_of
+
+
+class FakeContainer(object):
+    def __init__(self, calls, labels, running, name="vllm-llama"):
+        self.calls = calls
+        self.labels = labels
+        self.attrs = {"State": {"Running": running}}
+        self.id, self.name, self.status = "c0ffee", name, "running" if running else "exited"
+
+    def start(self):
+        self.calls.append("start")
+
+    def stop(self, timeout):
+        self.calls.append("stop %d" % timeout)
+
+    def remove(self, force):
+        self.calls.append("remove")
+
+    def reload(self):
+        self.calls.append("reload")
+
+
+class FakeClient(object):
+    def __init__(self, container, image_present):
+        self.calls = []
+        self.container = container
+        self.image_present = image_present
+        self.containers = self
+        self.images = self
+        self.created = None
+
+    def get(self, name):
+        self.calls.append("get %s" % name)
+        if name.startswith("vllm-"):
+            if self.container is None:
+                raise NotFound("no such container")
+            return self.container
+        if not self.image_present:
+            raise ImageNotFound("no such image")
+        return object()
+
+    def pull(self, image):
+        self.calls.append("pull %s" % image)
+
+    def create(self, image, **kwargs):
+        self.calls.append("create %s" % image)
+        self.created = FakeContainer(self.calls, kwargs["labels"], False)
+        return self.created
+
+
+def serve(monkeypatch, tmp_path, client, check_mode=False, diff=False, **overrides):
+    monkeypatch.setattr(_vllm_docker.docker, "from_env", lambda timeout: client)
+    module = FakeModule(params(tmp_path, backend="docker", **overrides), check_mode=check_mode, diff=diff)
+    with pytest.raises(Exited) as exited:
+        _vllm_serve_manager.VllmServe(module, snapshot=snapshot_of({}), proc=str(tmp_path)).run()
+    return exited.value.result
+
+
+def stale_container(calls, running):
+    summary = {"image": "vllm/vllm-openai:v0.32.0", "args": [], "gpus": ["0"], "env": {}, "backend": "docker"}
+    return FakeContainer(calls, {LABEL_PREFIX + "config-hash": "old", LABEL_PREFIX + "summary": json.dumps(summary)},
+                         running)
+
+
+def test_a_stale_running_container_is_stopped_removed_created_and_started(monkeypatch, tmp_path):
+    client = FakeClient(None, image_present=True)
+    client.container = stale_container(client.calls, running=True)
+    result = serve(monkeypatch, tmp_path, client, diff=True)
+    assert client.calls == ["get vllm-llama", "get vllm/vllm-openai:v0.33.0", "stop 30", "remove",
+                            "create vllm/vllm-openai:v0.33.0", "start", "reload"]
+    assert result["changed"] is True and result["interrupts"] is True
+    assert result["container"] == {"id": "c0ffee", "name": "vllm-llama", "status": "exited"}
+    # The old summary had no environment: the instance marker and the others are new.
+    assert result["changed_fields"] == ["args", "config_hash", "env", "image"]
+    assert client.created.labels[LABEL_PREFIX + "config-hash"] == result["config_hash"]
+
+
+def test_check_mode_reads_and_pulls_nothing(monkeypatch, tmp_path):
+    client = FakeClient(None, image_present=False)
+    result = serve(monkeypatch, tmp_path, client, check_mode=True, pull="always")
+    assert client.calls == ["get vllm-llama", "get vllm/vllm-openai:v0.33.0"]
+    assert result["changed"] is True and result["interrupts"] is False and result["container"] is None
+
+
+def test_a_current_container_is_left_alone_but_pull_always_refreshes_the_image(monkeypatch, tmp_path):
+    client = FakeClient(None, image_present=True)
+    serve(monkeypatch, tmp_path, client)
+    client.container, client.calls[:] = client.created, []
+    client.container.attrs["State"]["Running"] = True
+    result = serve(monkeypatch, tmp_path, client, pull="always")
+    assert client.calls == ["get vllm-llama", "pull vllm/vllm-openai:v0.33.0", "reload"]
+    assert result["changed"] is False and result["interrupts"] is False
+
+
+def test_a_missing_image_with_pull_never_is_refused_before_any_file_is_written(monkeypatch, tmp_path):
+    client = FakeClient(None, image_present=False)
+    result = serve(monkeypatch, tmp_path, client, pull="never")
+    assert result["msg"] == "image vllm/vllm-openai:v0.33.0 is not on this host and pull is never"
+    assert client.calls == ["get vllm-llama", "get vllm/vllm-openai:v0.33.0"]
+    assert not (tmp_path / "etc" / "secrets" / "llama" / "serve-config.yaml").exists()
+
+
+def test_absent_stops_and_removes_the_container(monkeypatch, tmp_path):
+    client = FakeClient(None, image_present=True)
+    client.container = stale_container(client.calls, running=True)
+    result = serve(monkeypatch, tmp_path, client, state="absent", diff=True)
+    assert client.calls == ["get vllm-llama", "stop 30", "remove"]
+    assert result["changed"] is True and result["diff"]["before"]["image"] == "vllm/vllm-openai:v0.32.0"
+    assert "interrupts" not in result
+
+
+class FakeSystemd(object):
+    def __init__(self, active, enabled):
+        self.calls = []
+        self.active = active
+        self.enabled = enabled
+
+    def systemctl(self, *args, **kwargs):
+        self.calls.append(" ".join(args))
+        return 0, ""
+
+    def unit_state(self, unit):
+        self.calls.append("show")
+        return {"loaded": True, "active": self.active, "enabled": self.enabled, "sub_state": None}
+
+
+def serve_unit(monkeypatch, tmp_path, systemd, check_mode=False, **overrides):
+    monkeypatch.setattr(_vllm_serve_backends, "UNIT_DIR", str(tmp_path / "units"))
+    monkeypatch.setattr(_systemd, "verify", lambda unit, content: None)
+    monkeypatch.setattr(_systemd, "systemctl", systemd.systemctl)
+    monkeypatch.setattr(_systemd, "unit_state", systemd.unit_state)
+    module = FakeModule(params(tmp_path, **overrides), check_mode=check_mode)
+    with pytest.raises(Exited) as exited:
+        _vllm_serve_manager.VllmServe(module, snapshot=snapshot_of({}), proc=str(tmp_path)).run()
+    return exited.value.result
+
+
+def test_a_new_unit_is_written_reloaded_enabled_and_started(monkeypatch, tmp_path):
+    systemd = FakeSystemd(active=False, enabled=False)
+    result = serve_unit(monkeypatch, tmp_path, systemd)
+    assert systemd.calls == ["show", "daemon-reload", "show", "enable vllm-llama.service", "start vllm-llama.service"]
+    assert (tmp_path / "units" / "vllm-llama.service").read_text().startswith("# Managed by inferops.vllm")
+    assert result["unit"] == "vllm-llama.service" and result["changed"] is True and result["interrupts"] is False
+
+
+def test_an_unchanged_running_unit_is_left_alone_and_a_changed_one_restarted(monkeypatch, tmp_path):
+    systemd = FakeSystemd(active=True, enabled=True)
+    serve_unit(monkeypatch, tmp_path, systemd)
+    systemd.calls[:] = []
+    result = serve_unit(monkeypatch, tmp_path, systemd)
+    assert systemd.calls == ["show", "show"] and result["changed"] is False and result["interrupts"] is False
+    systemd.calls[:] = []
+    result = serve_unit(monkeypatch, tmp_path, systemd, max_model_len=4096)
+    assert systemd.calls == ["show", "daemon-reload", "show", "restart vllm-llama.service"]
+    assert result["changed"] is True and result["interrupts"] is True
+
+
+def test_absent_disables_and_removes_the_unit(monkeypatch, tmp_path):
+    systemd = FakeSystemd(active=True, enabled=True)
+    serve_unit(monkeypatch, tmp_path, systemd)
+    systemd.calls[:] = []
+    result = serve_unit(monkeypatch, tmp_path, systemd, state="absent")
+    assert systemd.calls == ["disable --now vllm-llama.service", "daemon-reload"]
+    assert result["changed"] is True and not (tmp_path / "units" / "vllm-llama.service").exists()
