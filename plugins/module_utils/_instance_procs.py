@@ -10,7 +10,13 @@ __metaclass__ = type
 
 import os
 
+from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import INSTANCE_ENV
+
+# Enough of a command line to tell the workload; a message quoting several processes stays readable.
+COMMAND_WIDTH = 120
+# A command line can be megabytes; what is read of it is bounded, and redacted before it is cut to COMMAND_WIDTH.
+COMMAND_READ = 16384
 
 
 def instance_of(pid, proc="/proc"):
@@ -25,6 +31,29 @@ def instance_of(pid, proc="/proc"):
         if entry.startswith(marker):
             return entry[len(marker):].decode("utf-8", "replace")
     return None
+
+
+def _read(pid, what, proc, limit):
+    try:
+        with open(os.path.join(proc, str(pid), what), "rb") as handle:
+            return handle.read(limit)
+    except (IOError, OSError):
+        return b""
+
+
+def describe(process, proc="/proc"):
+    """A GPU process of NVML's (pid, used_memory_mib) with what /proc tells of it: its name, its command line
+    (secrets masked, cut to COMMAND_WIDTH characters) and the vLLM instance it belongs to, None where unknown (a
+    process gone, or of another PID namespace)."""
+    pid = process["pid"]
+    name = _read(pid, "comm", proc, 256).decode("utf-8", "replace").strip()
+    command = _read(pid, "cmdline", proc, COMMAND_READ).replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    # Arguments can hold newlines; the message quoting this stays one line.
+    command = " ".join(redact(command).split())
+    if len(command) > COMMAND_WIDTH:
+        command = command[:COMMAND_WIDTH - 3] + "..."
+    return {"pid": pid, "name": name or None, "command": command or None, "instance": instance_of(pid, proc),
+            "used_memory_mib": process.get("used_memory_mib")}
 
 
 def split_processes(devices, name, proc="/proc"):

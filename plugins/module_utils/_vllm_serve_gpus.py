@@ -1,7 +1,7 @@
 # Copyright: inferops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""vllm_serve's GPU checks through NVML: the instance's GPUs exist and can be read, and the memory plan fits their
-free memory.
+"""vllm_serve's GPU checks through NVML: the instance's GPUs exist and can be read, the memory plan fits their free
+memory, and no process of another workload holds them (share_gpus lets the instance start beside such processes).
 
 A process is the instance's own when /proc/<pid>/environ carries its INFEROPS_VLLM_INSTANCE marker
 (_instance_procs): its memory counts as free, since a change restarts it."""
@@ -11,7 +11,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _instance_procs, _nvml, _vllm_planner
-from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_plan import Refused
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_plan import Refused, starts
 
 
 class GpuCheck(object):
@@ -21,6 +21,8 @@ class GpuCheck(object):
         self.warn = warn
         self.snapshot = snapshot
         self.proc = proc
+        # {GPU index: [processes of other workloads, described]}, read by memory(); empty when nothing was read.
+        self.held = {}
 
     def chosen(self, devices):
         chosen = []
@@ -49,7 +51,9 @@ class GpuCheck(object):
         split = _instance_procs.split_processes(chosen, self.spec.name, proc=self.proc)
         view = []
         for device in chosen:
-            ours = split[device["index"]][0]
+            ours, others = split[device["index"]]
+            if others:
+                self.held[device["index"]] = [_instance_procs.describe(process, proc=self.proc) for process in others]
             # This instance's own memory would be freed by the restart a change implies.
             reclaimable = sum(proc.get("used_memory_mib") or 0 for proc in ours)
             view.append({"index": device["index"], "memory_total_mib": device["memory_total_mib"],
@@ -65,3 +69,34 @@ class GpuCheck(object):
                                       dtype=p["dtype"], quantization=p["quantization"])
         except _vllm_planner.PlanError as exc:
             raise Refused(str(exc))
+
+    def held_text(self):
+        gpus = []
+        for index in sorted(self.held):
+            described = []
+            for process in self.held[index]:
+                what = process["name"] or "a process /proc does not show"
+                if process["instance"]:
+                    what += ", of vLLM instance %s" % process["instance"]
+                if process["command"]:
+                    what += ", `%s`" % process["command"]
+                memory = process["used_memory_mib"]
+                described.append("PID %s (%s; %s)" % (process["pid"], what,
+                                                      "memory unknown" if memory is None else "%d MiB" % memory))
+            gpus.append("GPU %s: %s" % (index, ", ".join(described)))
+        return "; ".join(gpus)
+
+    def foreign(self, actions, running):
+        """Refuses to (re)start the instance on GPUs that other workloads hold, unless share_gpus; warns where the
+        instance already runs beside them and is left running."""
+        if not self.held or self.p["share_gpus"]:
+            return
+        if starts(actions):
+            raise Refused(
+                "gpus: processes of other workloads hold GPUs of instance %s (%s), and vLLM would compete with them "
+                "for memory and compute: stop that workload, pick other GPUs, or set share_gpus: true to start "
+                "beside it" % (self.spec.name, self.held_text()))
+        if running:
+            self.warn("gpus: instance %s runs beside processes of other workloads on its GPUs (%s); it was left "
+                      "running. Stop that workload, pick other GPUs, or set share_gpus: true" % (
+                          self.spec.name, self.held_text()))

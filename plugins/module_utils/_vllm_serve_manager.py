@@ -1,7 +1,8 @@
 # Copyright: inferops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """vllm_serve's run: checks the options, reads the instance through its backend, plans the actions from the wanted
-and the actual state (_vllm_serve_plan), and executes the plan outside check mode."""
+and the actual state (_vllm_serve_plan), refuses a plan that would start the instance beside another workload's
+GPU processes, and executes the plan outside check mode."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -148,6 +149,7 @@ class VllmServe(object):
             present = "create" not in actions or backend.image_present()
             actions = _vllm_serve_plan.with_pull(actions, self.p["pull"], present, self.p["image"])
         self.result["interrupts"] = _vllm_serve_plan.interrupts(actions, actual.running)
+        self.gpu_check.foreign(actions, actual.running)
         if backend.kind == "docker" or not self.check_mode:
             self.changed |= _vllm_serve_plan.changes(actions)
         else:

@@ -21,7 +21,8 @@ description:
   - "Validates before it changes anything, and says what to change: flags removed from vLLM (with their
     replacement), C(tensor_parallel_size x pipeline_parallel_size) against the GPUs, a local model's tokenizer
     files, and a memory plan (weights per GPU against free memory x O(gpu_memory_utilization) on the chosen GPUs,
-    naming the smallest tensor-parallel size that fits). GPUs held by other processes are refused."
+    naming the smallest tensor-parallel size that fits). GPUs that processes of other workloads hold are refused,
+    unless O(share_gpus)."
   - Secrets never reach a command line, the environment, C(ps), C(docker inspect), unit files or the task output.
     API keys go to vLLM through a C(--config) file and the Hugging Face token through C(HF_TOKEN_PATH), both
     0600 in the instance's secrets directory, C(<config_dir>/secrets/<name>), 0700 and owned by whoever runs vLLM.
@@ -243,9 +244,22 @@ options:
     type: path
     default: /var/log/vllm
   check_gpus:
-    description: Refuse GPUs that other processes hold, and check the memory plan against NVML's free memory.
+    description:
+      - Check the GPUs through NVML before the instance starts, that they exist, that the memory plan fits their free
+        memory, and that no process of another workload holds them (see O(share_gpus)).
+      - Without NVML (no C(pynvml), no driver answer) the checks are skipped with a warning.
     type: bool
     default: true
+  share_gpus:
+    description:
+      - Start even when processes of other workloads or other instances hold these GPUs.
+      - Without it, vllm_serve refuses to start, restart or recreate the instance on a GPU that a process not of this
+        instance holds, naming each process (PID, name, command line, vLLM instance, memory), also in check mode; an
+        instance already running beside such processes and left running only gets a warning.
+      - A process is this instance's when its environment carries C(INFEROPS_VLLM_INSTANCE=<name>), as every process
+        vllm_serve starts does.
+    type: bool
+    default: false
 notes:
   - Runs on the GPU host. The docker backend needs the NVIDIA container toolkit (or anything registering Docker's
     C(nvidia) device driver).
@@ -418,6 +432,7 @@ def main():
             config_dir=dict(type="path", default="/etc/vllm"),
             log_dir=dict(type="path", default="/var/log/vllm"),
             check_gpus=dict(type="bool", default=True),
+            share_gpus=dict(type="bool", default=False),
         ),
         required_if=[("state", "present", ["model", "gpus"]), ("state", "started", ["model", "gpus"]),
                      ("state", "restarted", ["model", "gpus"]), ("state", "stopped", ["model", "gpus"])],

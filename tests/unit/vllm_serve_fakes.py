@@ -91,7 +91,7 @@ def params(tmp_path, **overrides):
                 vllm_version="0.33.0", flag_check="strict", model_params="8B", model_path_map={}, ipc_host=True,
                 shm_size_mib=16384, restart_policy="unless-stopped", health_start_period=None, stop_timeout=30,
                 shutdown_timeout=0, log_max_size="100m", service_user="root", venv_path="/opt/vllm",
-                config_dir=str(tmp_path / "etc"), log_dir=str(tmp_path / "log"), check_gpus=True)
+                config_dir=str(tmp_path / "etc"), log_dir=str(tmp_path / "log"), check_gpus=True, share_gpus=False)
     base.update(overrides)
     return base
 

@@ -1,11 +1,12 @@
 """vllm_serve's run end to end with a fake backend, a faked NVML snapshot and a fake /proc: the plan is executed
-only outside check mode and the results keep their keys."""
+only outside check mode, the results keep their keys, and GPUs that other workloads hold are refused (share_gpus
+lets the instance start beside them)."""
 
 import pytest
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _nvml, _vllm_serve_manager
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_backends import Actual
-from vllm_serve_fakes import Exited, FakeBackend, FakeModule, params, process_dir, snapshot_of
+from vllm_serve_fakes import SECRET, Exited, FakeBackend, FakeModule, params, process_dir, snapshot_of
 
 
 @pytest.fixture
@@ -39,6 +40,60 @@ def run(tmp_path, proc, snapshot, actual, kind="unit", check_mode=False, diff=Fa
 
 MISSING = Actual(False, False, False)
 RUNNING = Actual(True, True, True)
+OTHERS = {0: [{"pid": 4242, "used_memory_mib": 20480}], 1: [{"pid": 5151, "used_memory_mib": 30000}]}
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_starting_on_gpus_other_workloads_hold_is_refused_naming_each_process_and_the_fix(tmp_path, proc, check_mode):
+    result, module, backend = run(tmp_path, proc, snapshot_of(OTHERS), MISSING, check_mode=check_mode,
+                                  gpus=["0", "1"])
+    message = result["msg"]
+    assert result["failed"] is True and backend.done == []
+    assert "GPU 0: PID 4242 (python3, `python3 train.py --api-key ********`; 20480 MiB)" in message
+    assert "GPU 1: PID 5151 (pt_main_thread, of vLLM instance qwen, `vllm serve qwen`; 30000 MiB)" in message
+    assert "stop that workload, pick other GPUs, or set share_gpus: true" in message
+    assert "sk-trainer" not in message
+    # Nothing was written before the refusal: the next run still sees the files to change and restarts for them.
+    assert not (tmp_path / "etc" / "llama.env").exists()
+
+
+def test_share_gpus_starts_beside_other_workloads(tmp_path, proc):
+    result, module, backend = run(tmp_path, proc, snapshot_of(OTHERS), MISSING, gpus=["0", "1"], share_gpus=True)
+    assert "failed" not in result and backend.done == ["create", "start"]
+    assert result["changed"] is True and result["interrupts"] is False
+    assert not [w for w in module.warnings if "other workloads" in w]
+
+
+def test_this_instances_own_processes_are_not_another_workload(tmp_path, proc):
+    actual = Actual(True, True, False)
+    result, module, backend = run(tmp_path, proc, snapshot_of({0: [{"pid": 6161, "used_memory_mib": 70000}]}),
+                                  actual)
+    assert "failed" not in result and backend.done == ["create", "restart"]
+    assert result["interrupts"] is True
+
+
+def test_a_running_instance_left_running_beside_another_workload_only_warns(tmp_path, proc):
+    first, module, backend = run(tmp_path, proc, snapshot_of({}), MISSING)
+    assert backend.done == ["create", "start"]
+    result, module, backend = run(tmp_path, proc, snapshot_of({0: [{"pid": 4242, "used_memory_mib": None}]}),
+                                  RUNNING)
+    assert "failed" not in result and backend.done == [] and result["changed"] is False
+    assert [w for w in module.warnings if w.startswith("gpus: instance llama runs beside processes of other")] == [
+        "gpus: instance llama runs beside processes of other workloads on its GPUs (GPU 0: PID 4242 (python3, "
+        "`python3 train.py --api-key ********`; memory unknown)); it was left running. Stop that workload, pick "
+        "other GPUs, or set share_gpus: true"]
+
+
+def test_a_restart_asked_for_is_refused_on_gpus_another_workload_holds(tmp_path, proc):
+    result, module, backend = run(tmp_path, proc, snapshot_of({0: [{"pid": 4242, "used_memory_mib": 1}]}), RUNNING,
+                                  state="restarted")
+    assert result["failed"] is True and backend.done == []
+    assert "PID 4242" in result["msg"]
+
+
+def test_a_process_gone_from_proc_is_still_named_by_its_pid(tmp_path, proc):
+    result, module, backend = run(tmp_path, proc, snapshot_of({0: [{"pid": 999, "used_memory_mib": 5}]}), MISSING)
+    assert "GPU 0: PID 999 (a process /proc does not show; 5 MiB)" in result["msg"]
 
 
 def test_without_nvml_the_gpu_checks_are_skipped_with_a_warning(tmp_path, proc):
@@ -95,3 +150,16 @@ def test_absent_removes_an_existing_instance_and_its_files(tmp_path, proc):
     assert backend.done == ["remove"] and result["changed"] is True
     assert result["changed_fields"] == ["image"]
     assert not (tmp_path / "etc" / "secrets" / "llama").exists()
+
+
+def test_a_long_command_line_is_redacted_then_cut(tmp_path):
+    from ansible_collections.inferops.vllm.plugins.module_utils import _instance_procs
+    process_dir(tmp_path, 77, "python3", ["python3", "-c", "x" * 200, "--api-key", SECRET])
+    described = _instance_procs.describe({"pid": 77, "used_memory_mib": 3}, proc=str(tmp_path))
+    assert len(described["command"]) == _instance_procs.COMMAND_WIDTH and described["command"].endswith("...")
+    assert described["command"].startswith("python3 -c xxx")
+    assert described == dict(described, pid=77, name="python3", instance=None, used_memory_mib=3)
+    process_dir(tmp_path, 78, "python3", ["python3", "--api-key", SECRET], instance="other")
+    assert _instance_procs.describe({"pid": 78}, proc=str(tmp_path)) == {
+        "pid": 78, "name": "python3", "command": "python3 --api-key ********", "instance": "other",
+        "used_memory_mib": None}
