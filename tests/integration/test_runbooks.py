@@ -5,6 +5,7 @@ run alone (`pytest -m runbooks tests/integration`), they recreate the lab hosts 
 
 import json
 import os
+import re
 import subprocess
 import tarfile
 import threading
@@ -22,8 +23,8 @@ KEY = "lab-demo-key-not-a-secret"  # inventories/lab/group_vars/vllm_hosts.yml
 RUNBOOKS = os.path.join(ROOT, "playbooks", "runbooks")
 
 
-def playbook(path, extra=None, limit=None, timeout=900):
-    cmd = ["ansible-playbook", path, "-i", INVENTORY]
+def playbook(path, extra=None, limit=None, timeout=900, options=(), inventory=INVENTORY):
+    cmd = ["ansible-playbook", path, "-i", inventory] + list(options)
     if extra:
         cmd += ["-e", json.dumps(extra)]
     if limit:
@@ -68,6 +69,35 @@ def completion(host, port, key=KEY, timeout=5):
         return exc.code
     except (OSError, urllib.error.URLError):
         return None
+
+
+def recap(stdout):
+    """{host: {ok, changed, failed, ...}} from the PLAY RECAP of ansible-playbook's default output."""
+    hosts = {}
+    # Molecule forces colours on the playbooks its steps run, and pytest inherits them.
+    stdout = re.sub(r"\x1b\[[0-9;]*m", "", stdout)
+    for line in stdout.split("PLAY RECAP")[-1].splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[1] == ":":
+            hosts[parts[0]] = dict((k, int(v)) for k, v in (p.split("=", 1) for p in parts[2:] if "=" in p))
+    return hosts
+
+
+def test_deploy_in_check_mode_on_deployed_hosts_would_change_nothing(deployed):
+    # First, before any fault changes the hosts. Molecule's `check` step ran it on the fresh hosts before converge.
+    listing = ("docker ps -aq | xargs -r docker inspect -f '{{.Name}} {{.State.Status}} {{.State.StartedAt}}'; "
+               "ls -lR --time-style=+%s /etc/vllm /etc/systemd/system /etc/prometheus 2>&1; "
+               "systemctl show -p ActiveEnterTimestamp 'vllm-*' prometheus prometheus-node-exporter; true")
+    before = dict((host.name, host.sh(listing).stdout) for host in deployed)
+    # The inventory the hosts were deployed with: Molecule's has no monitoring hosts, inventories/lab has one.
+    proc = playbook(os.path.join(ROOT, "playbooks", "deploy.yml"), options=["--check"],
+                    inventory=os.environ.get("RUNBOOKS_LAB_INVENTORY") or INVENTORY)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    hosts = recap(proc.stdout)
+    assert sorted(hosts) == sorted(host.name for host in deployed), proc.stdout[-2000:]
+    assert all(h["changed"] == 0 and h["failed"] == 0 for h in hosts.values()), proc.stdout[-3000:]
+    for host in deployed:
+        assert host.sh(listing).stdout == before[host.name]
 
 
 def test_restart_is_rolling_and_health_gated(deployed):
