@@ -86,16 +86,22 @@ class GpuCheck(object):
             gpus.append("GPU %s: %s" % (index, ", ".join(described)))
         return "; ".join(gpus)
 
-    def foreign(self, actions, running):
-        """Refuses to (re)start the instance on GPUs that other workloads hold, unless share_gpus; warns where the
-        instance already runs beside them and is left running."""
+    def foreign(self, actions, running, exists):
+        """Refuses to place a new instance on GPUs that other workloads hold, unless share_gpus. An existing one
+        (re)started in place only warns: refusing a runbook's restart beside a workload that came later would turn
+        a restart into an outage."""
         if not self.held or self.p["share_gpus"]:
             return
-        if starts(actions):
+        if starts(actions) and not exists:
             raise Refused(
                 "gpus: processes of other workloads hold GPUs of instance %s (%s), and vLLM would compete with them "
                 "for memory and compute: stop that workload, pick other GPUs, or set share_gpus: true to start "
                 "beside it" % (self.spec.name, self.held_text()))
+        if starts(actions):
+            self.warn("gpus: instance %s is (re)started beside processes of other workloads on its GPUs (%s); it "
+                      "ran there before, so it was not refused. Stop that workload, pick other GPUs, or set "
+                      "share_gpus: true" % (self.spec.name, self.held_text()))
+            return
         if running:
             self.warn("gpus: instance %s runs beside processes of other workloads on its GPUs (%s); it was left "
                       "running. Stop that workload, pick other GPUs, or set share_gpus: true" % (

@@ -149,12 +149,9 @@ class VllmServe(object):
             present = "create" not in actions or backend.image_present()
             actions = _vllm_serve_plan.with_pull(actions, self.p["pull"], present, self.p["image"])
         self.result["interrupts"] = _vllm_serve_plan.interrupts(actions, actual.running)
-        self.gpu_check.foreign(actions, actual.running)
-        if backend.kind == "docker" or not self.check_mode:
-            self.changed |= _vllm_serve_plan.changes(actions)
-        else:
-            # As before plans: check mode reports a unit's rewrite and a restart asked for, not a start or a stop.
-            self.changed |= "create" in actions or state == "restarted"
+        self.gpu_check.foreign(actions, actual.running, actual.exists)
+        # Check mode reports what the plan would do, for units as for containers (a start or a stop too).
+        self.changed |= _vllm_serve_plan.changes(actions)
         if not self.check_mode:
             self.write_files(environment, dry_run=False)
             for action in actions:

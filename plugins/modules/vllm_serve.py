@@ -21,8 +21,8 @@ description:
   - "Validates before it changes anything, and says what to change: flags removed from vLLM (with their
     replacement), C(tensor_parallel_size x pipeline_parallel_size) against the GPUs, a local model's tokenizer
     files, and a memory plan (weights per GPU against free memory x O(gpu_memory_utilization) on the chosen GPUs,
-    naming the smallest tensor-parallel size that fits). GPUs that processes of other workloads hold are refused,
-    unless O(share_gpus)."
+    naming the smallest tensor-parallel size that fits). A new instance is refused GPUs that processes of other
+    workloads hold, unless O(share_gpus)."
   - Secrets never reach a command line, the environment, C(ps), C(docker inspect), unit files or the task output.
     API keys go to vLLM through a C(--config) file and the Hugging Face token through C(HF_TOKEN_PATH), both
     0600 in the instance's secrets directory, C(<config_dir>/secrets/<name>), 0700 and owned by whoever runs vLLM.
@@ -253,9 +253,10 @@ options:
   share_gpus:
     description:
       - Start even when processes of other workloads or other instances hold these GPUs.
-      - Without it, vllm_serve refuses to start, restart or recreate the instance on a GPU that a process not of this
-        instance holds, naming each process (PID, name, command line, vLLM instance, memory), also in check mode; an
-        instance already running beside such processes and left running only gets a warning.
+      - Without it, vllm_serve refuses to place a new instance on a GPU that a process not of this instance holds,
+        naming each process (PID, name, command line, vLLM instance, memory), also in check mode. An instance that
+        exists already (started, restarted or recreated in place, as the runbooks do) only gets a warning naming them;
+        refusing its restart beside a workload that came later would turn a restart into an outage.
       - A process is this instance's when its environment carries C(INFEROPS_VLLM_INSTANCE=<name>), as every process
         vllm_serve starts does.
     type: bool

@@ -84,11 +84,13 @@ def test_a_running_instance_left_running_beside_another_workload_only_warns(tmp_
         "other GPUs, or set share_gpus: true"]
 
 
-def test_a_restart_asked_for_is_refused_on_gpus_another_workload_holds(tmp_path, proc):
+def test_an_existing_instance_restarted_in_place_beside_another_workload_warns_and_restarts(tmp_path, proc):
+    # A runbook's restart after a workload arrived on the instance's GPU: refusing it would leave the instance down.
     result, module, backend = run(tmp_path, proc, snapshot_of({0: [{"pid": 4242, "used_memory_mib": 1}]}), RUNNING,
                                   state="restarted")
-    assert result["failed"] is True and backend.done == []
-    assert "PID 4242" in result["msg"]
+    assert "failed" not in result and backend.done == ["restart"]
+    assert any(w.startswith("gpus: instance llama is (re)started beside processes of other workloads") and
+               "PID 4242" in w for w in module.warnings)
 
 
 def test_a_process_gone_from_proc_is_still_named_by_its_pid(tmp_path, proc):
@@ -125,12 +127,14 @@ def test_check_mode_plans_but_executes_nothing_and_tells_the_interruption(tmp_pa
     assert result["memory_plan"]["gpus"][0]["index"] == 0
 
 
-def test_a_units_start_in_check_mode_is_reported_as_before_plans(tmp_path, proc):
-    # Kept as it was: check mode reports a unit's rewrite or a restart asked for, not the start of a stopped unit.
-    result, module, backend = run(tmp_path, proc, snapshot_of({}), Actual(True, False, True), check_mode=True)
-    assert backend.done == [] and result["interrupts"] is False
-    # The secrets files are new here, which is a change of their own.
-    assert result["changed"] is True
+@pytest.mark.parametrize("actual, state", [(Actual(True, False, True), "started"), (RUNNING, "stopped")])
+def test_check_mode_reports_a_units_start_or_stop_and_does_neither(tmp_path, proc, actual, state):
+    # The files exist already (a real run first), so only the start or the stop is left to report.
+    run(tmp_path, proc, snapshot_of({}), actual, state=state)
+    result, module, backend = run(tmp_path, proc, snapshot_of({}), actual, state=state, check_mode=True)
+    assert backend.done == [] and result["changed"] is True
+    unchanged, module, backend = run(tmp_path, proc, snapshot_of({}), RUNNING, check_mode=True)
+    assert backend.done == [] and unchanged["changed"] is False
 
 
 def test_diff_mode_names_the_fields_that_differ(tmp_path, proc):
