@@ -365,10 +365,11 @@ HOSTILE_LINES = [
 
 
 def test_hostile_lines_take_no_longer_than_a_health_check_allows():
-    started = time.monotonic()
+    # CPU time of this process: other processes on a loaded machine do not count, a quadratic match does.
+    started = time.process_time()
     for line in HOSTILE_LINES:
         redact(line, secrets=[KEY, line[:40]])
     # A repetitive known secret and many short lines that each open with a piece of it.
     redact("aaaaaaaaaa\n" * 50000, secrets=["b" + "a" * 2000])
     # A hang guard, not a speed figure: quadratic matching took minutes on the first of these lines.
-    assert time.monotonic() - started < 5.0
+    assert time.process_time() - started < 5.0
