@@ -259,25 +259,26 @@ def test_a_gateway_certificate_whose_key_does_not_match_is_refused_before_the_sw
     assert served_fingerprint(gateway_host) == before
 
 
-def test_three_gateway_certificate_rotations_fail_no_request_and_cut_no_stream(gateway, lab_hosts):
+def test_gateway_certificate_rotations_in_a_row_fail_no_request_and_cut_no_stream(gateway, lab_hosts):
     """Each rotation swaps gateway.pem and reloads HAProxy: the old process finishes what it has, the new one takes
-    the new connections with the new certificate, which the client (trusting the scenario's CA) accepts."""
+    the new connections with the new certificate, which the client (trusting the scenario's CA) accepts. Two in a
+    row here (a second one proves nothing of the first lingers); three were measured once (docs/runbooks.md)."""
     gateway_host = lab_hosts[0]
     seen = [served_fingerprint(gateway_host)]
     with Traffic(gateway) as traffic:
-        for turn in range(3):
-            result = rotate_gateway_cert(gateway_host, write_back=turn == 2)
+        for turn in range(2):
+            result = rotate_gateway_cert(gateway_host, write_back=turn == 1)
             assert result.returncode == 0, result.stdout[-4000:]
             assert "RUNNING HANDLER [inferops.vllm.gateway : Reload the gateway]" in result.stdout
             issued = re.search(r"SHA-256 ([0-9a-f:]+)", result.stdout).group(1).replace(":", "")
             assert issued not in seen
             seen.append(issued)
             assert served_fingerprint(gateway_host) == issued, "turn %d" % (turn + 1)
-    failed, cut = traffic.report("three certificate rotations")
+    failed, cut = traffic.report("two certificate rotations")
     assert len(traffic.completions) > 50 and len(traffic.streams) > 5
     assert failed == [] and cut == []
     assert served_fingerprint(gateway_host) == seen[-1]
-    # write_back on the third: the inventory's pair is the served one, so the next deploy keeps it.
+    # write_back on the last: the inventory's pair is the served one, so the next deploy keeps it.
     # Letters only: the callback may fold the message as a double-quoted YAML scalar, with "\ " continuations.
     assert "nowholdthenewpair" in re.sub(r"[^a-z]", "", result.stdout.lower())
     assert file_fingerprint(os.path.join(LAB_PKI, "gateway.crt")) == seen[-1]
