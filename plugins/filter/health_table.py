@@ -11,10 +11,10 @@ short_description: The vllm role's health table, one line per instance checked
 version_added: 0.3.0
 author: inferops maintainers (@inferops)
 description:
-  - Formats the health verdicts the vllm role kept (C(_vllm_verdicts), from inferops.vllm.vllm_health) as a table,
-    a header line then one line per instance of C(vllm_instances) that has a verdict, in the order of
-    C(vllm_instances). Instances without a verdict (not waited for, such as C(state=absent)) have no line.
-  - The GPUs shown are those the instance was given (C(_vllm_assigned)), not those the health check read, since a
+  - Formats the outcome the vllm role keeps per instance (C(vllm_results)) as a table, a header line then one line
+    per instance of C(vllm_instances) whose result holds a health verdict (from inferops.vllm.vllm_health), in the
+    order of C(vllm_instances). Instances the run did not wait for (such as C(state=absent)) have no line.
+  - The GPUs shown are those the instance was given (the result's C(gpus)), not those the health check read, since a
     health check that does not know the instance's GPUs (systemd and venv backends) reads every GPU of the host.
   - Each cell is one line whatever it holds. Control characters (line breaks, escape sequences, Unicode line
     separators and format characters) are shown escaped (a line break as C(\n)).
@@ -24,12 +24,11 @@ options:
     type: list
     elements: dict
     required: true
-  verdicts:
-    description: inferops.vllm.vllm_health's result per instance name; C(status) and C(checks.inference.ttft_ms) are shown.
-    type: dict
-    default: {}
-  assigned:
-    description: The GPU ids given to each instance, by instance name (the vllm role's C(_vllm_assigned)).
+  results:
+    description:
+      - The vllm role's C(vllm_results), by instance name. Of each result, C(health) (inferops.vllm.vllm_health's
+        verdict; its C(status) and C(checks.inference.ttft_ms) are shown) and C(gpus) (the GPU ids the instance
+        was given) are read.
     type: dict
     default: {}
 """
@@ -37,7 +36,7 @@ options:
 EXAMPLES = r"""
 - name: Health table
   ansible.builtin.debug:
-    msg: "{{ vllm_instances | inferops.vllm.health_table(_vllm_verdicts | default({}), _vllm_assigned | default({})) }}"
+    msg: "{{ vllm_instances | inferops.vllm.health_table(vllm_results | default({})) }}"
 
 # ["instance         status     port  ttft_ms  gpus       model",
 #  "chat             healthy    8000  41       0,1        /models/llama"]
@@ -99,28 +98,26 @@ def _gpus(gpus):
     return _cell(gpus)
 
 
-def health_table(instances, verdicts=None, assigned=None):
-    verdicts = {} if verdicts is None else verdicts
-    assigned = {} if assigned is None else assigned
+def health_table(instances, results=None):
+    results = {} if results is None else results
     if not isinstance(instances, (list, tuple)):
         raise AnsibleFilterError("health_table: expects the list of instances, got %s" % type(instances).__name__)
-    for name, value in (("verdicts", verdicts), ("assigned", assigned)):
-        if not isinstance(value, dict):
-            raise AnsibleFilterError("health_table: %s must be a dict by instance name, got %s" % (name, type(value).__name__))
+    if not isinstance(results, dict):
+        raise AnsibleFilterError("health_table: results must be a dict by instance name (the vllm role's vllm_results),"
+                                 " got %s" % type(results).__name__)
     lines = [HEADER]
     for index, instance in enumerate(instances):
         if not isinstance(instance, dict):
             raise AnsibleFilterError("health_table: vllm_instances[%d] is not a dict of settings, got %s"
                                      % (index, type(instance).__name__))
         name = instance.get("name")
-        # A name that is not a string cannot be a key of the verdicts the role keeps; unhashable ones would raise.
-        if not isinstance(name, str) or name not in verdicts:
+        # A name that is not a string cannot be a key of the results the role keeps; unhashable ones would raise.
+        result = results.get(name) if isinstance(name, str) else None
+        if not isinstance(result, dict) or result.get("health") is None:
             continue
-        verdict = verdicts[name]
-        if not isinstance(verdict, dict):
-            verdict = {}
+        verdict = result["health"] if isinstance(result["health"], dict) else {}
         lines.append(ROW % (_cell(name), _cell(verdict.get("status"), "?"), _cell(instance.get("port")), _ttft(verdict),
-                            _gpus(assigned.get(name)), _cell(instance.get("model"))))
+                            _gpus(result.get("gpus")), _cell(instance.get("model"))))
     return lines
 
 

@@ -46,3 +46,16 @@ def test_every_instance_key_the_role_passes_to_vllm_serve_is_declared():
     assert keys, "no _vllm_i key passed to vllm_serve in %s" % path
     missing = sorted(keys - set(_instance_options()))
     assert not missing, "instance.yml passes %s to vllm_serve, which vllm_instances does not declare" % missing
+
+
+def test_every_declared_instance_option_reaches_vllm_serve_or_the_role():
+    """An option the spec accepts but the role drops would be silently ignored."""
+    with open(os.path.join(ROLE, "tasks", "instance.yml")) as handle:
+        read = set(re.findall(r"_vllm_i\.(\w+)", handle.read()))
+    with open(os.path.join(ROLE, "tasks", "assignments.yml")) as handle:
+        ledger = handle.read()
+    with open(os.path.join(ROLE, "tasks", "watchdog.yml")) as handle:
+        watchdog = handle.read()
+    ignored = sorted(name for name in _instance_options()
+                     if name not in read and name not in ledger and "instance.%s" % name not in watchdog)
+    assert not ignored, "vllm_instances declares %s, which the role never reads" % ignored
