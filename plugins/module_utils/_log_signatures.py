@@ -18,7 +18,8 @@ returns one diagnosis per code, ordered by:
    line (unrecognized_arguments), the port (address_in_use), the model's identity and files (unknown_quantization,
    model_gated before model_not_found since a gated repo also ends in vLLM's "Invalid repository ID", then
    tokenizer_error, max_model_len_exceeds_model), the platform (cuda_driver_insufficient before no_gpu since an
-   old or absent driver also hides the GPUs, then world_size_exceeds_gpus), shared memory (shm_too_small before
+   old or absent driver also hides the GPUs, then world_size_exceeds_gpus, then gpu_unsupported: the GPU cannot run
+   the model's dtype, its quantization or any kernel of this build), shared memory (shm_too_small before
    nccl_error, which a small /dev/shm also causes), then memory: gpu_memory_in_use (others hold the memory, so an
    OOM that follows is its consequence), vLLM's own KV-cache verdicts kv_cache_too_small and
    max_seq_len_exceeds_kv_cache (explicit checks made after the weights loaded, naming the setting to change;
@@ -33,8 +34,10 @@ len`, engine config), loading (`Starting to load model`, checkpoint shards, `Loa
 took`), profiling (torch.compile, `Available KV cache memory`, `KV cache size: N tokens`), warming_up (`Warming up
 model`, CUDA graph capture, `init engine (profile, create kv cache, warmup model) took`), serving (`Starting vLLM
 server on http…`, `Application startup complete`), and failed: a failure signature after the last phase line (the
-start-up, or the server, died there; `error` names the root cause). Only a line's message, after the process tag
-and the logger header, is matched, so a phrase inside an args dump or a logged prompt does not move the phase.
+start-up, or the server, died there; `error` names the root cause). Only a line's message, after what a collector
+puts before it (a journal prefix, a compose service, a `docker logs -t` or CI timestamp), the process tag (coloured
+or not) and the logger header, is matched, so a phrase inside an args dump or a logged prompt does not move the
+phase.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -80,7 +83,7 @@ SIGNATURES = (
          "--speculative-model or --guided-decoding-backend), or a missing or invalid value. Fix extra_args "
          "(vllm_serve names the replacement of removed flags).", DOCS + "flags"),
     _sig("address_in_use",
-         [r"\[Errno (?:98|48)\] " + _GAP + r"[Aa]ddress already in use"],
+         [r"\[Errno (?:98|48)\] " + _GAP + r"[Aa]ddress already in use", r"\bEADDRINUSE\b"],
          "Another process already listens on the server's port: a stale server of this instance or another "
          "service. Free the port or move the instance (port).", RUNBOOKS + "diagnose.yml"),
     _sig("unknown_quantization",
@@ -141,14 +144,31 @@ SIGNATURES = (
          "tensor_parallel_size x pipeline_parallel_size asks for more GPUs than the instance sees: lower "
          "tensor_parallel_size, or give the instance that many GPUs (gpus, gpu_count).",
          DOCS + "world-size-exceeds-gpus"),
+    _sig("gpu_unsupported",
+         [r"Bfloat16 is only supported on GPUs with compute capability"],
+         "The GPU has no bfloat16 (compute capability below 8.0: V100, T4, RTX 20xx, P40), the dtype the model asks "
+         "for: set dtype to half (float16) for the instance.", DOCS + "gpu-unsupported"),
+    _sig("gpu_unsupported",
+         [r"(?:quantization method|Quantization scheme) [^\n]{0,40}?is not supported for\W{0,6}the current GPU"],
+         "The model's quantization needs a newer GPU than this one (vLLM names the minimum compute capability): "
+         "use a checkpoint with a quantization this GPU supports (or none), or a newer GPU.",
+         DOCS + "gpu-unsupported"),
+    _sig("gpu_unsupported",
+         [r"no kernel image is available for execution on the device",
+          r"with CUDA capability sm_\d{2,3} is not compatible with the current PyTorch installation",
+          r"GPUs with compute capability below \d\.\d are not supported"],
+         "This vLLM build has no kernels for the GPU's architecture: an image or wheel built before the GPU's "
+         "generation (RTX 50xx and B200 need a CUDA 12.8+ build) or a GPU older than vLLM supports. Use a vLLM image "
+         "built for this GPU (vllm_image) or build vLLM for its compute capability.", DOCS + "gpu-unsupported"),
     _sig("shm_too_small",
          [r"Insufficient space in /dev/shm", r"creating shared memory segment /dev/shm",
           r"unable to write to file </torch_" + _GAP + r"No space left on device"],
          "/dev/shm is too small for vLLM's shared-memory queues (a container's default is 64 MiB): keep ipc_host "
          "true (vllm_serve's default) or raise shm_size_mib.", DOCS + "shared-memory"),
     _sig("gpu_memory_in_use",
+         # The second reads the message when a terminal wrapped it after the numbers.
          [r"Free memory on device" + _GAP + r" is less than (?:the )?(?:desired GPU memory utilization|"
-          r"engine's budget)"],
+          r"engine's budget)", r"on startup is less than (?:the )?(?:desired GPU memory utilization|engine's budget)"],
          "At start-up the GPU had less free memory than gpu_memory_utilization asks for: other processes hold "
          "it (stale workers of this instance, which reset.yml removes, or another workload on the same GPU, "
          "which needs moving or a lower gpu_memory_utilization).", RUNBOOKS + "reset.yml"),
@@ -164,7 +184,7 @@ SIGNATURES = (
          "gives) or raise gpu_memory_utilization; lowering gpu_memory_utilization makes it worse.",
          DOCS + "max-seq-len-exceeds-kv-cache"),
     _sig("cuda_oom",
-         [r"CUDA out of memory", r"OutOfMemoryError", r"CUDA error: out of memory",
+         [r"CUDA out of memory", r"OutOfMemoryError", r"CUDA (?:driver )?error: out of memory",
           r"Failed to load model - not enough GPU memory", r"Cuda failure 'out of memory'",
           r"CUBLAS_STATUS_ALLOC_FAILED"],
          "The GPU ran out of memory (CUDA OOM). " + _OOM_FIX, RUNBOOKS + "oom_recover.yml"),
@@ -178,7 +198,7 @@ SIGNATURES = (
          [r"EngineDeadError", r"EngineCore encountered (?:a fatal error|an issue)", r"Engine core initialization "
           r"failed", r"EngineCore failed to start", r"(?:Worker|Engine core) proc \S{1,80} died unexpectedly",
           r"WorkerProc (?:initialization failed|failed to start)", r"AsyncLLM output_handler failed",
-          r"Engine loop has died"],
+          r"Engine loop has died", r"Engine process failed to start", r"EngineCore hit an exception"],
          "The engine core died. This is the generic tail: the cause is the diagnosis listed before this one, or, "
          "when none is, earlier in the log or in a worker's own output (diagnose.yml collects it). The server "
          "cannot serve until restarted (reset.yml), once the cause is fixed.",
@@ -204,14 +224,22 @@ _DETAILS = {
     "gpu_memory_in_use": (re.compile(r"Free memory on device[^(\n]{0,40}\(([\d.]{1,10})/([\d.]{1,10}) GiB\)"),
                           "Free at start: %s of %s GiB."),
     "shm_too_small": (re.compile(r"(\d+ [KMG]iB) required, (\d+ [KMG]iB) free"), "Needed %s, had %s."),
+    "gpu_unsupported": (re.compile(r"Your ([^\n]{1,60}?) GPU has compute capability (\d{1,2}\.\d)"),
+                        "The GPU (%s) has compute capability %s."),
 }
 
-# Where a line's message starts: after a compose/CI prefix ("vllm-1  | "), the process tag ("(APIServer pid=1) ")
-# and vLLM's logger header ("INFO 11-30 23:18:47 [entry.py:140] "), or uvicorn's ("INFO:     ").
+# A terminal colour code around the process tag (vLLM colours it on a TTY), raw or pasted as "^[[0;36m".
+_ANSI = r"(?:(?:\x1b|\^\[)\[[\d;]{0,16}m)?"
+# Where a line's message starts: after a journal prefix ("Aug 17 18:42:18 host vllm[8052]: "), a compose/CI prefix
+# ("vllm-1  | "), a timestamp (`docker logs -t`, CI, Docker Desktop: "2025-03-10T15:07:20.1Z ",
+# "[2025-03-10T15:07:20Z] ", "2025-06-12 20:49:44 "), the process tag ("(APIServer pid=1) ") and vLLM's logger header
+# ("INFO 11-30 23:18:47 [entry.py:140] ", with the year in some builds), or uvicorn's ("INFO:     ").
 _PREFIX = re.compile(
-    r"\s{0,8}(?:[\w.-]{0,64}\s{0,8}\|\s)?"
-    r"\s{0,8}(?:\([^()\n]{0,100}pid=\d+[^()\n]{0,100}\)\s{0,8})?"
-    r"(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) \d\d-\d\d [\d:.]{5,15} \[?[^\]\s]{1,120}\]\s?"
+    r"\s{0,8}(?:\w{3,5}\.? {1,2}\d{1,2} \d\d:\d\d:\d\d [\w.-]{1,64} [\w.@/-]{1,64}(?:\[\d{1,10}\])?: )?"
+    r"(?:[\w.-]{0,64}\s{0,8}\|\s)?"
+    r"\s{0,8}(?:\[?\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?\]?\s{1,4})?"
+    r"\s{0,8}" + _ANSI + r"(?:\([^()\n]{0,100}pid=\d+[^()\n]{0,100}\)" + _ANSI + r"\s{0,8})?"
+    r"(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) (?:\d{4}-)?\d\d-\d\d [\d:.]{5,15} \[?[^\]\s]{1,120}\]\s?"
     r"|(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):\s{1,10})?")
 
 _PHASES = (

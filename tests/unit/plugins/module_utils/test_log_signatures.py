@@ -26,6 +26,8 @@ REAL_LINES = [
     ("OSError: [Errno 98] Address already in use", "address_in_use"),
     ("ERROR:    [Errno 98] error while attempting to bind on address ('0.0.0.0', 8080): address already in use",
      "address_in_use"),
+    ("RuntimeError: The server socket has failed to listen on any local network address. useIpv6: 0, code: -98, "
+     "name: EADDRINUSE, message: address already in use", "address_in_use"),
     ("ValueError: Unknown quantization method: gptq. Must be one of ['awq', 'squeezellm'].", "unknown_quantization"),
     ("huggingface_hub.errors.GatedRepoError: 401 Client Error. (Request ID: Root=1-66163835)", "model_gated"),
     ("Cannot access gated repo for url https://huggingface.co/meta-llama/Llama-2-7b-hf/resolve/main/config.json.",
@@ -76,6 +78,17 @@ REAL_LINES = [
      "gpu_memory_in_use"),
     (EC + "ValueError: Free memory on device cuda:0 (20.1/79.2 GiB) on startup is less than the engine's budget "
      "after excluding external process's weights (71.3 GiB).", "gpu_memory_in_use"),
+    # The same message wrapped by an 80-column terminal.
+    (") on startup is less than desired GPU memory utilization (0.9, 13.92 GiB). Decre", "gpu_memory_in_use"),
+    ("ERROR 04-29 21:35:55 [engine.py:448] Bfloat16 is only supported on GPUs with compute capability of at least "
+     "8.0. Your Tesla P40 GPU has compute capability 6.1. You can use float16 instead by explicitly setting the "
+     "`dtype` flag in CLI, for example: --dtype=half.", "gpu_unsupported"),
+    ("ValueError: The quantization method fp8 is not supported for the current GPU. Minimum capability: 90. Current "
+     "capability: 86.", "gpu_unsupported"),
+    ("RuntimeError: ('Quantization scheme is not supported for ', 'the current GPU. Min capability: 80. ', 'Current "
+     "capability: 75.')", "gpu_unsupported"),
+    ("ERROR 07-28 15:07:22 [core.py:632] RuntimeError: CUDA error: no kernel image is available for execution on the "
+     "device", "gpu_unsupported"),
     ("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when "
      "initializing the engine.", "kv_cache_too_small"),
     ("(EngineCore_0 pid=5839) INFO 08-20 18:04:22 [gpu_worker.py:276] Available KV cache memory: -2.14 GiB",
@@ -89,6 +102,8 @@ REAL_LINES = [
     ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 50.00 MiB. GPU 0 has a total capacity of "
      "23.56 GiB of which 21.75 MiB is free.", "cuda_oom"),
     ("RuntimeError: CUDA error: out of memory", "cuda_oom"),
+    ("(EngineCore pid=77) ERROR 05-05 07:35:19 [core.py:1136] RuntimeError: CUDA driver error: out of memory",
+     "cuda_oom"),
     ("ValueError: Failed to load model - not enough GPU memory. Try lowering --gpu-memory-utilization to free "
      "memory for weights.", "cuda_oom"),
     ("RuntimeError: NCCL error: unhandled cuda error (run with NCCL_DEBUG=INFO for details)", "nccl_error"),
@@ -101,6 +116,9 @@ REAL_LINES = [
     ("ERROR 11-08 11:01:29 [multiproc_executor.py:135] Worker proc VllmWorker-3 died unexpectedly, shutting down "
      "executor.", "engine_dead"),
     ("(APIServer pid=1) ERROR 05-01 14:39:06 [async_llm.py:699] AsyncLLM output_handler failed.", "engine_dead"),
+    ("RuntimeError: Engine process failed to start. See stack trace for the root cause.", "engine_dead"),
+    ("ERROR 05-06 01:55:26 [core.py:383] EngineCore hit an exception: Traceback (most recent call last):",
+     "engine_dead"),
     ("ERROR 12-01 23:08:02 [core_client.py:564] Engine core proc EngineCore_DP0 died unexpectedly, shutting down "
      "client.", "engine_dead"),
 ]
@@ -120,6 +138,11 @@ SEED_LINES = [
 
 # Lines of healthy servers (real ones) that look alarming and must diagnose nothing.
 HEALTHY_LINES = [
+    # Capability notices of GPUs that do run the model (not gpu_unsupported).
+    "INFO 03-19 11:53:56 [cuda.py:234] Cannot use FlashAttention-2 backend for Volta and Turing GPUs. ",
+    "[marlin_utils_fp8.py:80] Your GPU does not have native support for FP8 computation but "
+    "FP8 quantization is being used. Weight-only FP8 compression will be used leveraging the Marlin kernel. This may "
+    "degrade performance for compute-heavy workloads.",
     '(APIServer pid=1) INFO:     127.0.0.1:40000 - "GET /health HTTP/1.1" 200 OK',
     "(APIServer pid=15892) WARNING 11-30 23:17:28 [system_utils.py:255] Found ulimit of 20000 and failed to "
     "automatically increase with error current limit exceeds maximum limit. This can cause fd limit errors like "
@@ -306,6 +329,29 @@ def test_a_phrase_inside_an_args_dump_or_a_prompt_does_not_move_the_phase():
         "config: model='/m', compilation_config={'cudagraph_capture_sizes': [], 'Application startup complete': 1}",
     ]
     assert ls.progress(lines)["phase"] == "initialising"
+
+
+# What log collectors put before vLLM's own line: the journal (journalctl without -o cat, localized month names too),
+# docker compose, `docker logs -t`, CI runners, Docker Desktop.
+COLLECTOR_PREFIXES = ["Aug 17 18:42:18 vllm vllm[8052]: ", "\u0430\u0432\u0433 18 14:15:04 llm python3[28059]: ",
+                      "vllm-1  | ", "2025-05-01T10:00:00.123456789Z ", "vllm-1  | 2025-05-01T10:00:00.123456789Z ",
+                      "[2025-03-10T15:07:20Z] ", "  | [2025-03-10T15:07:20Z] ", "2025-06-12 20:49:44 "]
+
+
+@pytest.mark.parametrize("prefix", COLLECTOR_PREFIXES)
+def test_a_collectors_prefix_neither_hides_the_phase_nor_makes_a_prompt_a_diagnosis(prefix):
+    phases = [ls.progress([prefix + line for line in HEALTHY[:n + 1]])["phase"] for n in range(len(HEALTHY))]
+    assert phases == EXPECTED_PHASES
+    prompt = prefix + HEALTHY_LINES[-2]
+    assert ls.scan([prompt]) == [] and codes([prefix + REAL_LINES[0][0]]) == [REAL_LINES[0][1]]
+
+
+@pytest.mark.parametrize("colour, reset", [("\x1b[1;36m", "\x1b[0;0m"), ("^[[0;36m", "^[[0;0m")])
+def test_a_coloured_process_tag_is_still_a_process_tag(colour, reset):
+    # vLLM colours the tag on a TTY; pasted logs show the escape as "^[".
+    lines = [re.sub(r"^\((\w+) pid=(\d+)\)", lambda m: colour + m.group(0) + reset, line) for line in HEALTHY]
+    assert lines[0].startswith(colour)
+    assert [ls.progress(lines[:n + 1])["phase"] for n in range(len(lines))] == EXPECTED_PHASES
 
 
 def test_a_failure_after_the_last_phase_line_is_failed_and_a_restart_clears_it():
