@@ -25,7 +25,8 @@ SPEC = os.path.join(ROOT, "roles", "vllm", "meta", "argument_specs.yml")
 # Options of vllm_serve the role fills from its own variables (roles/vllm/tasks/instance.yml), the same for every
 # instance of a host.
 ROLE_LEVEL = ("pull", "hf_cache", "hf_token", "ssl_certfile", "ssl_keyfile", "enable_ssl_refresh", "stop_timeout",
-              "shutdown_timeout", "service_user", "venv_path", "config_dir", "log_dir")
+              "shutdown_timeout", "service_user", "venv_path", "config_dir", "log_dir", "watchdog_hold",
+              "watchdog_hold_dir")
 
 # Per-instance keys the module has not: the role reads them itself. "after" places them in the list.
 ROLE_ONLY = {
@@ -46,9 +47,12 @@ ROLE_DEFAULTS = {
     "gpus": "picked by the role, see gpu_count and min_free_memory",
 }
 
-# What the option's own text does not say: the module's required_if, what the role's GPU ledger does with it.
+# Options the role requires though the module has a default or requires them only for some states: the role's
+# tasks read them for every instance (the model for the health check, the port for the watchdog and the gateways).
+ROLE_REQUIRED = ("model", "port")
+
+# What the option's own text does not say: what the role's GPU ledger does with it.
 NOTES = {
-    "model": "Required unless state is absent.",
     "share_gpus": "The role's GPU ledger never gives one GPU to two instances unless both set it.",
 }
 
@@ -76,7 +80,9 @@ def _describe(name, option):
     """The first paragraph of the module's description, then where the default comes from."""
     text = option.get("description", "")
     text = " ".join((text[0] if isinstance(text, list) and text else text or "").split())
-    if name in ROLE_DEFAULTS:
+    if name in ROLE_REQUIRED:
+        suffix = None
+    elif name in ROLE_DEFAULTS:
         suffix = ROLE_DEFAULTS[name]
     elif option.get("default") is not None:
         suffix = _default(option["default"])
@@ -95,6 +101,9 @@ def instance_options():
     unknown = [name for name in ROLE_LEVEL if name not in module]
     if unknown:
         raise SystemExit("ROLE_LEVEL names options vllm_serve does not have: %s" % ", ".join(unknown))
+    unknown = [name for name in ROLE_REQUIRED if name not in module]
+    if unknown:
+        raise SystemExit("ROLE_REQUIRED names options vllm_serve does not have: %s" % ", ".join(unknown))
     clash = [name for name in ROLE_ONLY if name in module]
     if clash:
         raise SystemExit("ROLE_ONLY names options vllm_serve has: %s" % ", ".join(clash))
@@ -104,6 +113,8 @@ def instance_options():
             continue
         entry = {"description": _describe(name, option)}
         entry.update((key, option[key]) for key in KEYS if option.get(key) not in (None, False))
+        if name in ROLE_REQUIRED:
+            entry["required"] = True
         built[name] = entry
     order = [n for n in FIRST if n in built] + [n for n in built if n not in FIRST]
     for name, extra in ROLE_ONLY.items():

@@ -27,6 +27,16 @@ except ImportError:  # pragma: no cover - Python 2
 
 # A larger answer is not vLLM's (its /metrics is some hundred KiB): a server that sends without end must not fill
 # this host's memory before the deadline comes.
+# The options of modules that reach a vLLM server, documented once in the inferops.vllm.vllm_endpoint doc fragment.
+ENDPOINT_ARGUMENTS = dict(
+    url=dict(type="str", required=True),
+    api_key=dict(type="str", no_log=True),
+    validate_certs=dict(type="bool", default=True),
+    ca_path=dict(type="path"),
+    client_cert=dict(type="path"),
+    client_key=dict(type="path", no_log=False),
+)
+
 MAX_BODY = 16 * 1024 * 1024
 MAX_HEAD = 64 * 1024
 # ASCII digits only: str.isdigit() and int() also take "\xb2" or Arabic-Indic digits, which are no HTTP number.

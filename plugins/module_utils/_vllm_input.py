@@ -12,13 +12,13 @@ from ansible_collections.inferops.vllm.plugins.module_utils import _validate
 # Texts that reach a unit file, an env file, a command line or a file path.
 SINGLE_LINE = ("model", "served_model_name", "quantization", "dtype", "kv_cache_dtype", "download_dir", "hf_cache",
                "host", "publish_address", "ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "vllm_version",
-               "log_max_size", "service_user", "venv_path", "config_dir", "log_dir")
+               "log_max_size", "service_user", "venv_path", "config_dir", "log_dir", "watchdog_hold_dir")
 # (option, minimum, maximum, above the minimum)
 NUMBERS = (("gpu_memory_utilization", 0, 1, True), ("tensor_parallel_size", 1, None, False),
            ("pipeline_parallel_size", 1, None, False), ("max_model_len", 1, None, False),
            ("max_num_seqs", 1, None, False), ("max_num_batched_tokens", 1, None, False),
            ("shm_size_mib", 1, None, False), ("health_start_period", 0, None, False),
-           ("stop_timeout", 0, None, False), ("shutdown_timeout", 0, None, False))
+           ("stop_timeout", 0, None, False), ("shutdown_timeout", 0, None, False), ("watchdog_hold", 0, 86400, False))
 
 
 def check(params, prefix=""):

@@ -8,6 +8,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import os
 
 from ansible.module_utils.basic import missing_required_lib
@@ -34,7 +35,7 @@ class VllmServe(object):
         self.spec = _vllm_spec.Spec(self.p)
         self.gpu_check = GpuCheck(self.spec, module.warn, snapshot=snapshot, proc=proc)
         self.changed = False
-        self.result = {}
+        self.result = {"watchdog_hold": None}
         self.diff = {"before": {}, "after": {}}
         self.fields = ({}, {})
 
@@ -153,15 +154,36 @@ class VllmServe(object):
         # Check mode reports what the plan would do, for units as for containers (a start or a stop too).
         self.changed |= _vllm_serve_plan.changes(actions)
         if not self.check_mode:
-            self.write_files(environment, dry_run=False)
-            for action in actions:
-                if action in _vllm_serve_plan.SHAPING:
-                    getattr(backend, action)()
-            self.changed |= backend.enable()
-            for action in actions:
-                if action not in _vllm_serve_plan.SHAPING:
-                    getattr(backend, action)()
+            with self.watchdog_held(actions):
+                self.write_files(environment, dry_run=False)
+                for action in actions:
+                    if action in _vllm_serve_plan.SHAPING:
+                        getattr(backend, action)()
+                self.changed |= backend.enable()
+                for action in actions:
+                    if action not in _vllm_serve_plan.SHAPING:
+                        getattr(backend, action)()
         self.result[backend.result_key] = backend.describe(self.check_mode)
+
+    @contextlib.contextmanager
+    def watchdog_held(self, actions):
+        """Holds the host's watchdog off the instance while the actions run, and after them for the caller's health
+        gate (the caller removes the hold); a failed action removes it at once, so the watchdog takes over."""
+        seconds, directory = self.p["watchdog_hold"], self.p["watchdog_hold_dir"]
+        if not actions or not seconds or not os.path.isdir(directory):
+            yield
+            return
+        path = os.path.join(directory, "hold-%s" % self.p["name"])
+        _files.write(path, "%d\n" % seconds, 0o644)
+        # The watchdog counts from the file's time: an earlier hold with the same content is renewed too.
+        os.utime(path)
+        self.result["watchdog_hold"] = path
+        try:
+            yield
+        except BaseException:
+            _files.remove(path)
+            self.result["watchdog_hold"] = None
+            raise
 
     def finish(self):
         kwargs = dict(changed=self.changed, instance=self.spec.paths(), **self.result)
@@ -183,8 +205,9 @@ class VllmServe(object):
                 self.diff["before"] = backend.removed_diff()
                 self.fields = (backend.fields()[0], {})
             if not self.check_mode:
-                for action in actions:
-                    getattr(backend, action)()
+                with self.watchdog_held(actions):
+                    for action in actions:
+                        getattr(backend, action)()
         except ERRORS as exc:
             self.fail(str(exc))
         try:

@@ -28,6 +28,7 @@ description:
   - Always returns within its time budget, since every network step is bounded by an absolute deadline.
 extends_documentation_fragment:
   - inferops.vllm.attributes
+  - inferops.vllm.vllm_endpoint
 attributes:
   check_mode:
     support: full
@@ -39,29 +40,9 @@ requirements:
   - nvidia-ml-py (C(pynvml)) for GPU statistics.
   - docker (the Docker SDK for Python) when O(container) is given.
 options:
-  url:
-    description: Base URL of the server, for example V(http://127.0.0.1:8000) or V(https://10.0.0.5:8443).
-    type: str
-    required: true
   model:
     description: The model name the server must serve (its C(--served-model-name)). Default is the first served.
     type: str
-  api_key:
-    description: API key for C(/v1/*) (vLLM's C(--api-key)).
-    type: str
-  validate_certs:
-    description: Verify the server's TLS certificate.
-    type: bool
-    default: true
-  ca_path:
-    description: CA bundle to verify the server with (a private CA).
-    type: path
-  client_cert:
-    description: Client certificate for servers that require one (C(--ssl-cert-reqs 2)).
-    type: path
-  client_key:
-    description: Private key of O(client_cert).
-    type: path
   timeout:
     description:
       - Seconds one complete probe may take. Each step has its own share; the test inference may use what is left.
@@ -248,20 +229,17 @@ outcome:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _runtime, _validate, _vllm_health, _vllm_metrics
+from ansible_collections.inferops.vllm.plugins.module_utils import (
+    _runtime, _validate, _vllm_client, _vllm_health, _vllm_metrics,
+)
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            url=dict(type="str", required=True),
+            _vllm_client.ENDPOINT_ARGUMENTS,
             model=dict(type="str"),
-            api_key=dict(type="str", no_log=True),
-            validate_certs=dict(type="bool", default=True),
-            ca_path=dict(type="path"),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
             timeout=dict(type="float", default=10),
             container=dict(type="str"),
             unit=dict(type="str"),

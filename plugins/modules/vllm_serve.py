@@ -243,6 +243,21 @@ options:
       other backends log to Docker). The directory must exist and be writable by O(service_user).
     type: path
     default: /var/log/vllm
+  watchdog_hold:
+    description:
+      - Seconds to hold the host's watchdog (the vllm role's) off this instance when this run acts on it (starts,
+        stops, restarts, recreates or removes it), so that it does not read a planned stop as a failure and restart
+        the instance meanwhile. The hold is the file C(hold-<name>) in O(watchdog_hold_dir), written before the first
+        action; the watchdog honours it for this many seconds from its writing, at most 30 minutes.
+      - The caller removes it once the instance serves (the vllm role does, after its health gate); should an action
+        fail, the module removes it at once. Nothing is written in check mode, when nothing is to be done, or where
+        O(watchdog_hold_dir) does not exist (no watchdog on the host). V(0) holds nothing.
+    type: int
+    default: 0
+  watchdog_hold_dir:
+    description: Where the host's watchdog looks for holds (its C(hold_dir)).
+    type: path
+    default: /run/inferops-vllm-watchdog
   check_gpus:
     description:
       - Check the GPUs through NVML before the instance starts, that they exist, that the memory plan fits their free
@@ -337,6 +352,12 @@ memory_plan:
   type: dict
   sample: {weights_gib: 65.8, weights_per_gpu_gib: 32.9, gpus: [{index: 4, free_gib: 79.6, budget_gib: 71.7,
            kv_cache_gib: 37.3}]}
+watchdog_hold:
+  description: The watchdog hold this run wrote (see O(watchdog_hold)), for the caller to remove once the instance
+    serves; null when it wrote none.
+  returned: always
+  type: str
+  sample: /run/inferops-vllm-watchdog/hold-llama-70b
 interrupts:
   description:
     - Whether this run stops, restarts or recreates the running instance (in check mode, whether it would), so
@@ -432,6 +453,8 @@ def main():
             venv_path=dict(type="path", default="/opt/vllm"),
             config_dir=dict(type="path", default="/etc/vllm"),
             log_dir=dict(type="path", default="/var/log/vllm"),
+            watchdog_hold=dict(type="int", default=0),
+            watchdog_hold_dir=dict(type="path", default="/run/inferops-vllm-watchdog"),
             check_gpus=dict(type="bool", default=True),
             share_gpus=dict(type="bool", default=False),
         ),

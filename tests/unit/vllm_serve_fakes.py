@@ -43,6 +43,8 @@ class FakeBackend(Backend):
         self.actual = actual
         self.before = before or {}
         self.done = []
+        # Called with each action's name as it runs, to look at the host at that moment (or to make it fail).
+        self.on_action = None
 
     def read(self):
         return self.actual
@@ -57,23 +59,28 @@ class FakeBackend(Backend):
         after = dict(self.wanted.get("summary", {}))
         return self.before, after
 
+    def act(self, name):
+        self.done.append(name)
+        if self.on_action:
+            self.on_action(name)
+
     def pull(self):
-        self.done.append("pull")
+        self.act("pull")
 
     def remove(self):
-        self.done.append("remove")
+        self.act("remove")
 
     def create(self):
-        self.done.append("create")
+        self.act("create")
 
     def start(self):
-        self.done.append("start")
+        self.act("start")
 
     def stop(self):
-        self.done.append("stop")
+        self.act("stop")
 
     def restart(self):
-        self.done.append("restart")
+        self.act("restart")
 
     def describe(self, check_mode):
         return self.spec.unit_name
@@ -91,7 +98,8 @@ def params(tmp_path, **overrides):
                 vllm_version="0.33.0", flag_check="strict", model_params="8B", model_path_map={}, ipc_host=True,
                 shm_size_mib=16384, restart_policy="unless-stopped", health_start_period=None, stop_timeout=30,
                 shutdown_timeout=0, log_max_size="100m", service_user="root", venv_path="/opt/vllm",
-                config_dir=str(tmp_path / "etc"), log_dir=str(tmp_path / "log"), check_gpus=True, share_gpus=False)
+                config_dir=str(tmp_path / "etc"), log_dir=str(tmp_path / "log"), check_gpus=True, share_gpus=False,
+                watchdog_hold=0, watchdog_hold_dir=str(tmp_path / "run-watchdog"))
     base.update(overrides)
     return base
 

@@ -2,9 +2,11 @@
 only outside check mode, the results keep their keys, and GPUs that other workloads hold are refused (share_gpus
 lets the instance start beside them)."""
 
+import os
+
 import pytest
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _nvml, _vllm_serve_manager
+from ansible_collections.inferops.vllm.plugins.module_utils import _files, _nvml, _vllm_serve_manager
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_backends import Actual
 from vllm_serve_fakes import SECRET, Exited, FakeBackend, FakeModule, params, process_dir, snapshot_of
 
@@ -19,12 +21,14 @@ def proc(tmp_path):
     return proc
 
 
-def run(tmp_path, proc, snapshot, actual, kind="unit", check_mode=False, diff=False, before=None, **overrides):
+def run(tmp_path, proc, snapshot, actual, kind="unit", check_mode=False, diff=False, before=None, on_action=None,
+        **overrides):
     module = FakeModule(params(tmp_path, **overrides), check_mode=check_mode, diff=diff)
     backends = []
 
     def backend_for(spec, image, wanted=None):
         backends.append(FakeBackend(spec, image, wanted or {}, kind, actual, before))
+        backends[-1].on_action = on_action
         return backends[-1]
 
     serve = _vllm_serve_manager.VllmServe(module, snapshot=snapshot, proc=str(proc))
@@ -123,7 +127,8 @@ def test_check_mode_plans_but_executes_nothing_and_tells_the_interruption(tmp_pa
     assert backend.done == [] and result["changed"] is True and result["interrupts"] is True
     assert not (tmp_path / "etc" / "secrets" / "llama" / "serve-config.yaml").exists()
     assert set(result) == {"changed", "instance", "flag_catalog", "served_model", "interrupts", "unit", "command",
-                           "gpus", "config_hash", "memory_plan"}
+                           "gpus", "config_hash", "memory_plan", "watchdog_hold"}
+    assert result["watchdog_hold"] is None
     assert result["memory_plan"]["gpus"][0]["index"] == 0
 
 
@@ -167,3 +172,74 @@ def test_a_long_command_line_is_redacted_then_cut(tmp_path):
     assert _instance_procs.describe({"pid": 78}, proc=str(tmp_path)) == {
         "pid": 78, "name": "python3", "command": "python3 --api-key ********", "instance": "other",
         "used_memory_mib": None}
+
+
+# ---- the watchdog hold ----
+
+STOPPED = Actual(True, False, True)
+
+
+def hold_dir(tmp_path):
+    directory = tmp_path / "run-watchdog"
+    directory.mkdir()
+    return directory
+
+
+def test_the_watchdog_is_held_off_before_the_first_action_and_the_hold_is_left_for_the_health_gate(tmp_path, proc):
+    directory = hold_dir(tmp_path)
+    seen = []
+    result, _module, backend = run(tmp_path, proc, snapshot_of({}), RUNNING, state="restarted", watchdog_hold=330,
+                                   on_action=lambda name: seen.append((directory / "hold-llama").read_text()))
+    assert backend.done == ["restart"] and seen == ["330\n"]
+    assert result["watchdog_hold"] == str(directory / "hold-llama")
+    assert (directory / "hold-llama").read_text() == "330\n"
+
+
+def test_an_earlier_hold_with_the_same_content_is_renewed(tmp_path, proc):
+    directory = hold_dir(tmp_path)
+    (directory / "hold-llama").write_text("330\n")
+    os.utime(str(directory / "hold-llama"), (1000, 1000))
+    run(tmp_path, proc, snapshot_of({}), STOPPED, watchdog_hold=330)
+    assert os.stat(str(directory / "hold-llama")).st_mtime > 1000
+
+
+@pytest.mark.parametrize("case", ["nothing to do", "check mode", "no watchdog", "not asked"])
+def test_no_hold_is_written_when_nothing_acts_on_a_watched_instance(tmp_path, proc, case):
+    directory = tmp_path / "run-watchdog"
+    if case != "no watchdog":
+        directory.mkdir()
+    actual = RUNNING if case == "nothing to do" else STOPPED
+    if case == "nothing to do":
+        run(tmp_path, proc, snapshot_of({}), MISSING)  # writes its files: the next run finds all as wanted
+    result, _module, backend = run(tmp_path, proc, snapshot_of({}), actual, check_mode=case == "check mode",
+                                   watchdog_hold=0 if case == "not asked" else 330)
+    assert result["watchdog_hold"] is None and "failed" not in result
+    assert not (directory / "hold-llama").exists()
+    assert backend.done == ([] if case in ("nothing to do", "check mode") else ["start"])
+
+
+def test_a_failed_action_removes_the_hold_so_the_watchdog_takes_over(tmp_path, proc):
+    directory = hold_dir(tmp_path)
+
+    def fail(name):
+        raise _files.FileError("start of llama: refused by the fake")
+
+    result, _module, _backend = run(tmp_path, proc, snapshot_of({}), STOPPED, watchdog_hold=330, on_action=fail)
+    assert result["failed"] is True and "refused by the fake" in result["msg"]
+    assert not (directory / "hold-llama").exists() and result.get("watchdog_hold") is None
+
+
+def test_removing_an_instance_holds_the_watchdog_off_it_too(tmp_path, proc):
+    directory = hold_dir(tmp_path)
+    result, _module, backend = run(tmp_path, proc, snapshot_of({}), RUNNING, state="absent", watchdog_hold=60)
+    assert backend.done and result["watchdog_hold"] == str(directory / "hold-llama")
+
+
+def test_a_hostile_hold_is_refused_before_anything_is_touched(tmp_path, proc):
+    directory = hold_dir(tmp_path)
+    for value in (-1, 86401):
+        result, _module, backend = run(tmp_path, proc, snapshot_of({}), STOPPED, watchdog_hold=value)
+        assert result["failed"] is True and "watchdog_hold" in result["msg"] and backend is None
+    result, _module, backend = run(tmp_path, proc, snapshot_of({}), STOPPED, watchdog_hold=5,
+                                   watchdog_hold_dir=str(directory) + "\nExecStart=/bin/sh")
+    assert result["failed"] is True and "watchdog_hold_dir" in result["msg"] and backend is None

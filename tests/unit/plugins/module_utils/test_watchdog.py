@@ -295,7 +295,8 @@ def test_the_agent_port_answers_haproxys_question(tmp_path):
 def test_runs_with_a_plain_python3_from_the_installed_module_utils_and_names_a_taken_port(tmp_path):
     # Exactly the files the vllm role installs, under DIR/ansible_collections/...
     tasks = yaml.safe_load(open(os.path.join(ROOT, "roles", "vllm", "tasks", "watchdog.yml")))
-    files = [t for t in tasks if t["name"] == "Install the watchdog's Python files"][0]["loop"]
+    flat = [t for task in tasks for t in [task] + task.get("block", [])]
+    files = [t for t in flat if t["name"] == "Install the watchdog's Python files"][0]["loop"]
     root = tmp_path / "lib"
     target = root / "ansible_collections" / "inferops" / "vllm" / "plugins" / "module_utils"
     target.mkdir(parents=True)
