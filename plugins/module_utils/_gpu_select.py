@@ -49,7 +49,8 @@ def run_command(argv, timeout):
 
 def read_nvml(timeout, with_topology):
     try:
-        snap = _nvml.snapshot(timeout=timeout, with_topology=with_topology)
+        # A GPU whose processes NVML will not list is still read: its `processes_error` keeps it from passing as idle.
+        snap = _nvml.snapshot(timeout=timeout, with_topology=with_topology, processes_optional=True)
     except _nvml.NvmlError as exc:
         raise BackendError(str(exc))
     return {"backend": "nvml", "driver_version": snap["driver_version"], "devices": snap["devices"],
@@ -247,6 +248,22 @@ def check_exclude(devices, constraints):
             ", ".join(unknown), "es" if len(unknown) == 1 else "", ", ".join(str(i) for i in indices)))
 
 
+def health_reasons(device):
+    """Why a readable GPU is unfit whatever its load: uncorrected ECC errors, memory waiting for a reset to retire
+    pages or remap rows, a row remapping that failed. [] when none (or when the GPU cannot tell)."""
+    reasons = []
+    ecc = device.get("ecc_uncorrected_volatile")
+    if ecc:
+        reasons.append("%d uncorrected volatile ECC error(s)" % ecc)
+    if device.get("retired_pages_pending"):
+        reasons.append("memory pages are pending retirement (reset the GPU to retire them)")
+    if device.get("remapped_rows_pending"):
+        reasons.append("a memory row remapping is pending (reset the GPU to apply it)")
+    if device.get("remapped_rows_failure"):
+        reasons.append("a memory row remapping failed (the GPU needs service)")
+    return reasons
+
+
 def _load_reasons(device, constraints, processes_visible):
     """Why a GPU or MIG device cannot take the workload; [] when it can."""
     reasons = []
@@ -256,11 +273,19 @@ def _load_reasons(device, constraints, processes_visible):
     elif free < constraints.min_free_memory_mib:
         reasons.append("%d MiB free < min_free_memory %d MiB" % (free, constraints.min_free_memory_mib))
     util = device.get("utilization_gpu")
-    if constraints.max_utilization is not None and util is not None and util > constraints.max_utilization:
-        reasons.append("utilization %d%% > max_utilization %d%%" % (util, constraints.max_utilization))
+    if constraints.max_utilization is not None:
+        if util is None:
+            # NVML does not report it under MIG and on some vGPU: unknown is not idle.
+            reasons.append("utilization unknown (the GPU does not report it), so max_utilization %d%% cannot be "
+                           "checked" % constraints.max_utilization)
+        elif util > constraints.max_utilization:
+            reasons.append("utilization %d%% > max_utilization %d%%" % (util, constraints.max_utilization))
     if constraints.require_idle:
         if not processes_visible:
             reasons.append("compute processes are not visible to this backend, so idleness cannot be proven")
+        elif device.get("processes_error"):
+            reasons.append("its compute processes could not be listed (%s), so idleness cannot be proven"
+                           % device["processes_error"])
         elif device.get("processes"):
             reasons.append("%d compute process(es) running (pid %s)" % (len(device["processes"]), ", ".join(
                 "?" if p["pid"] is None else str(p["pid"]) for p in device["processes"])))
@@ -296,10 +321,12 @@ def evaluate(observation, constraints):
         elif str(device["index"]) in excluded or device.get("uuid") in excluded:
             reasons.append("excluded")
         else:
-            ecc = device.get("ecc_uncorrected_volatile")
-            if constraints.skip_ecc_errors and ecc:
-                reasons.append("%d uncorrected volatile ECC error(s)" % ecc)
-            if device.get("mig_enabled"):
+            if constraints.skip_ecc_errors:
+                reasons += health_reasons(device)
+            if not device.get("mig_enabled") and device.get("mig_enabled_pending"):
+                # It runs whole now, as MIG after its next reset: a whole-GPU workload would not survive that.
+                reasons.append("MIG mode is enabled pending a GPU reset, so it is not handed out whole")
+            elif device.get("mig_enabled"):
                 if constraints.mig == "skip":
                     reasons.append("MIG enabled (set mig: use to select its MIG devices)")
                 elif observation["backend"] != "nvml":
@@ -326,10 +353,17 @@ def evaluate(observation, constraints):
     return candidates
 
 
-def rank_key(candidate):
+# Where a GPU does not report its utilization (MIG, some vGPU), it ranks after every GPU that does: never as idle.
+UNKNOWN_UTILIZATION = 101
+
+
+def _utilization(candidate):
     util = candidate.get("utilization_gpu")
-    return (-candidate["memory_free_mib"], util if util is not None else 0, -candidate["index"],
-            candidate.get("uuid") or "")
+    return UNKNOWN_UTILIZATION if util is None else util
+
+
+def rank_key(candidate):
+    return (-candidate["memory_free_mib"], _utilization(candidate), -candidate["index"], candidate.get("uuid") or "")
 
 
 def _worst_level(indices, topology):
@@ -346,7 +380,7 @@ def _set_score(chosen, topology, positions):
     indices = [c["index"] for c in chosen]
     return (_worst_level(indices, topology),
             -min(c["memory_free_mib"] for c in chosen),
-            max(c.get("utilization_gpu") or 0 for c in chosen),
+            max(_utilization(c) for c in chosen),
             sorted(positions[c["uuid"]] for c in chosen))
 
 
@@ -394,11 +428,29 @@ def explain(devices):
     return lines
 
 
+def cuda_order_warning(devices, id_type):
+    """A warning where GPU indices may name other GPUs to CUDA, or None. NVML, nvidia-smi and Docker number GPUs in
+    PCI bus order; CUDA numbers them fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, which differs only where the
+    models differ (same models tie, and ties go in PCI order)."""
+    if id_type != "index":
+        return None
+    models = sorted(set(d["name"] for d in devices if "error" not in d and d.get("name")))
+    if len(models) < 2:
+        return None
+    return ("this host mixes GPU models (%s): CUDA numbers GPUs fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID is "
+            "set, so an index in cuda_visible_devices may name another GPU to CUDA. Set CUDA_DEVICE_ORDER=PCI_BUS_ID "
+            "for the workload, or use id_type: uuid (docker --gpus uses NVML's numbering and is not affected)"
+            % ", ".join(models))
+
+
 def select(observation, constraints):
     """The selection for `constraints` from what a backend observed. Raises SelectionError explaining why not."""
     if constraints.count < 1:
         raise SelectionError("count must be at least 1, got %d" % constraints.count)
     devices = observation["devices"]
+    if not devices:
+        raise SelectionError("%d GPU(s) requested, but the %s backend found no GPU on this host" % (
+            constraints.count, observation.get("backend")))
     check_exclude(devices, constraints)
     candidates = evaluate(observation, constraints)
     topology = observation.get("topology")

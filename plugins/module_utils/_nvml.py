@@ -22,6 +22,9 @@ else:
     PYNVML_IMPORT_ERROR = None
 
 MIB = 1024 * 1024
+# NVML_VALUE_NOT_AVAILABLE as an unsigned long long: what NVML puts in a process's usedGpuMemory when it cannot say
+# (Windows WDDM, some vGPU and MIG setups). nvidia-ml-py turns it into None since 11.x; older bindings pass it on.
+NOT_AVAILABLE = (1 << 64) - 1
 
 # nvmlDeviceGetTopologyCommonAncestor levels, closest first.
 TOPOLOGY_NAMES = {0: "internal", 10: "single", 20: "multiple", 30: "hostbridge", 40: "node", 50: "system"}
@@ -112,15 +115,53 @@ def _clocks_event_reasons(handle):
     return None
 
 
+def _mib(value):
+    """Bytes as whole MiB; None where NVML has no value (None, or NVML_VALUE_NOT_AVAILABLE read as a number)."""
+    if value is None:
+        return None
+    value = int(value)
+    return None if value < 0 or value >= NOT_AVAILABLE else value // MIB
+
+
 def _processes(handle):
     found = []
     for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-        used = proc.usedGpuMemory
-        found.append({"pid": int(proc.pid), "used_memory_mib": None if used is None else int(used) // MIB})
+        found.append({"pid": int(proc.pid), "used_memory_mib": _mib(getattr(proc, "usedGpuMemory", None))})
     return found
 
 
-def _mig_devices(handle):
+def _listed_processes(device, handle, optional):
+    """Fills device["processes"]. With `optional`, a GPU whose processes NVML will not list (no permission, as
+    for an unprivileged user under MIG or in some containers; not supported, as under some vGPU) stays readable:
+    its processes are [] and `processes_error` says why, so that nothing reads it as idle."""
+    try:
+        device["processes"] = _processes(handle)
+    except pynvml.NVMLError as exc:
+        code = getattr(exc, "value", None)
+        if not optional or code not in (pynvml.NVML_ERROR_NO_PERMISSION, pynvml.NVML_ERROR_NOT_SUPPORTED):
+            raise
+        device["processes"] = []
+        device["processes_error"] = "NVML error %s: %s" % (code, exc)
+
+
+def _retirement(handle):
+    """(pages pending retirement, rows pending remapping, a row remapping failed): each True, False, or None where
+    NVML cannot tell (pre-Ampere GPUs retire pages, Ampere and later remap rows; the other call is not supported).
+    A pending retirement or remapping takes effect only at the next GPU reset; a failed remapping needs service."""
+    call = getattr(pynvml, "nvmlDeviceGetRetiredPagesPendingStatus", None)
+    pages = _extra(call, handle) if call is not None else None
+    call = getattr(pynvml, "nvmlDeviceGetRemappedRows", None)
+    rows = _extra(call, handle) if call is not None else None
+    pending = failure = None
+    if rows is not None:
+        try:
+            pending, failure = bool(rows[2]), bool(rows[3])
+        except (IndexError, TypeError):  # a binding of another shape: unknown, not a reason
+            pending = failure = None
+    return (None if pages is None else bool(pages)), pending, failure
+
+
+def _mig_devices(handle, processes_optional):
     devices = []
     count = _optional(pynvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
     for slot in range(count):
@@ -131,25 +172,28 @@ def _mig_devices(handle):
                 continue
             raise
         memory = pynvml.nvmlDeviceGetMemoryInfo(mig)
-        devices.append({
+        device = {
             "uuid": _text(pynvml.nvmlDeviceGetUUID(mig)),
             "name": _text(pynvml.nvmlDeviceGetName(mig)),
             "memory_total_mib": int(memory.total) // MIB,
             "memory_used_mib": int(memory.used) // MIB,
             "memory_free_mib": int(memory.free) // MIB,
-            "processes": _processes(mig),
-        })
+        }
+        _listed_processes(device, mig, processes_optional)
+        devices.append(device)
     return devices
 
 
-def _device(index, handle):
+def _device(index, handle, processes_optional=False):
     memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
     utilization = _optional(pynvml.nvmlDeviceGetUtilizationRates, handle)
+    # [current, pending]: a GPU set to MIG by `nvidia-smi -mig 1` runs whole until its next reset, then as MIG.
     mig = _optional(pynvml.nvmlDeviceGetMigMode, handle)
     mig_enabled = bool(mig and mig[0] == pynvml.NVML_DEVICE_MIG_ENABLE)
     ecc = _optional(pynvml.nvmlDeviceGetTotalEccErrors, handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
                     pynvml.NVML_VOLATILE_ECC)
-    return {
+    pages_pending, rows_pending, rows_failure = _retirement(handle)
+    device = {
         "index": index,
         "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
         "name": _text(pynvml.nvmlDeviceGetName(handle)),
@@ -162,12 +206,17 @@ def _device(index, handle):
         "ecc_uncorrected_volatile": None if ecc is None else int(ecc),
         "persistence_mode": bool(_optional(pynvml.nvmlDeviceGetPersistenceMode, handle)),
         "mig_enabled": mig_enabled,
-        "mig_devices": _mig_devices(handle) if mig_enabled else [],
-        "processes": _processes(handle),
+        "mig_enabled_pending": bool(mig and mig[1] == pynvml.NVML_DEVICE_MIG_ENABLE),
+        "mig_devices": _mig_devices(handle, processes_optional) if mig_enabled else [],
+        "retired_pages_pending": pages_pending,
+        "remapped_rows_pending": rows_pending,
+        "remapped_rows_failure": rows_failure,
         "power_usage_w": _watts(pynvml.nvmlDeviceGetPowerUsage, handle),
         "power_limit_w": _watts(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle),
         "clocks_event_reasons": _clocks_event_reasons(handle),
     }
+    _listed_processes(device, handle, processes_optional)
+    return device
 
 
 # What nvidia-ml-py, a ctypes binding, raises when the driver answers with something it cannot convert (a name
@@ -175,12 +224,12 @@ def _device(index, handle):
 UNREADABLE_ANSWER = (ValueError, TypeError, OverflowError)
 
 
-def _read(index):
+def _read(index, processes_optional=False):
     """(device, handle) for one GPU; a GPU that cannot be read (fallen off the bus, ...) is reported with `error`
     and no handle, not silently dropped."""
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return _device(index, handle), handle
+        return _device(index, handle, processes_optional), handle
     except pynvml.NVMLError as exc:
         return {"index": index, "error": "NVML error %s: %s" % (getattr(exc, "value", None), exc)}, None
     except UNREADABLE_ANSWER as exc:  # UnicodeDecodeError is a ValueError
@@ -210,7 +259,7 @@ def _topology(handles):
     return matrix
 
 
-def _snapshot(indices, with_topology):
+def _snapshot(indices, with_topology, processes_optional=False):
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
@@ -220,7 +269,7 @@ def _snapshot(indices, with_topology):
         wanted = range(count) if indices is None else [i for i in indices if 0 <= i < count]
         devices, handles = [], {}
         for index in wanted:
-            device, handle = _read(index)
+            device, handle = _read(index, processes_optional)
             devices.append(device)
             if handle is not None:
                 handles[index] = handle
@@ -239,12 +288,15 @@ def _snapshot(indices, with_topology):
             pass
 
 
-def snapshot(timeout=10.0, indices=None, with_topology=False):
-    """Every GPU (or those in `indices`) as a dict of plain values, read through NVML within `timeout` seconds."""
+def snapshot(timeout=10.0, indices=None, with_topology=False, processes_optional=False):
+    """Every GPU (or those in `indices`) as a dict of plain values, read through NVML within `timeout` seconds.
+
+    By default a GPU whose compute processes NVML will not list is unreadable (`error`); with `processes_optional`
+    it is read, with `processes_error` saying why its `processes` are empty (see _listed_processes)."""
     if pynvml is None:
         raise NvmlError("the nvidia-ml-py library (import pynvml) is not installed on this host")
     try:
-        return run_with_deadline(lambda: _snapshot(indices, with_topology), timeout, "NVML")
+        return run_with_deadline(lambda: _snapshot(indices, with_topology, processes_optional), timeout, "NVML")
     except NvmlError:
         raise
     except Exception as exc:  # pylint: disable=broad-except

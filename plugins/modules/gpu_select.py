@@ -14,9 +14,14 @@ author: inferops maintainers (@inferops)
 description:
   - Reads the GPUs of the host and picks O(count) of them for a workload, least loaded first
     (most free memory, then lowest utilization, then the higher index, so low indices stay free).
-  - Skips GPUs that are excluded, have uncorrected volatile ECC errors, run MIG, lack free memory, are too
-    busy, or (with O(require_idle)) run compute processes. Every GPU in the result says why it was or was
-    not chosen.
+  - Skips GPUs that are excluded, have uncorrected volatile ECC errors or memory waiting for a reset to retire
+    pages or remap rows (or a failed row remapping), run MIG (or have MIG enabled pending a reset), lack free
+    memory, are too busy, or (with O(require_idle)) run compute processes. Every GPU in the result says why it was
+    or was not chosen.
+  - What a GPU does not report is never read as harmless. A GPU that does not report its utilization (MIG, some
+    vGPU) fails O(max_utilization) and ranks after those that do; one whose compute processes NVML will not list
+    (no permission, as for an unprivileged user under MIG or in some containers) fails O(require_idle), and is
+    otherwise still selectable.
   - A GPU that cannot be read (lost to NVML, a value C(nvidia-smi) prints as C([Unknown Error]) or
     C([GPU requires reset]), no UUID, or listed twice with different readings) is listed as unreadable and never
     chosen; the other GPUs stay selectable.
@@ -49,7 +54,9 @@ options:
     type: raw
     default: 0
   max_utilization:
-    description: Highest GPU utilization (percent) a picked GPU may have.
+    description:
+      - Highest GPU utilization (percent) a picked GPU may have.
+      - A GPU or MIG device that does not report its utilization is not picked when this is set.
     type: int
   exclude:
     description: GPUs never to pick, by index or UUID. Naming a GPU that does not exist is an error.
@@ -61,12 +68,15 @@ options:
     type: bool
     default: false
   skip_ecc_errors:
-    description: Skip GPUs with uncorrected volatile ECC errors.
+    description:
+      - Skip GPUs with uncorrected volatile ECC errors, memory pages pending retirement, a row remapping pending
+        (each takes effect at the GPU's next reset) or a failed row remapping (the last three read through NVML).
     type: bool
     default: true
   mig:
     description:
-      - V(skip) leaves MIG-enabled GPUs out.
+      - V(skip) leaves MIG-enabled GPUs out. A GPU with MIG enabled pending a reset is left out with either
+        choice: it would turn MIG under a whole-GPU workload at its next reset.
       - V(use) picks one MIG device (by UUID) instead of a whole GPU; a process can only use one MIG device,
         so this needs O(count=1) and the C(nvml) backend.
     type: str
@@ -82,6 +92,7 @@ options:
       - How the picked GPUs are named in C(cuda_visible_devices) and the Docker forms. UUIDs stay stable across
         reboots and re-enumeration; MIG devices are always named by UUID.
       - With V(index), set C(CUDA_DEVICE_ORDER=PCI_BUS_ID) for CUDA programs, so that CUDA numbers GPUs as NVML does.
+        The module warns when the host mixes GPU models, where CUDA's default order differs from NVML's.
     type: str
     choices: [index, uuid]
     default: index
@@ -194,6 +205,9 @@ devices:
     - Every GPU with its stats, C(selected), C(eligible), and C(reasons) (why it was not picked).
     - A GPU that could not be read has C(error) instead of its stats, and a null C(index) when even that was
       unreadable.
+    - With the C(nvml) backend, C(mig_enabled_pending), C(retired_pages_pending), C(remapped_rows_pending) and
+      C(remapped_rows_failure) (null where the GPU cannot tell), and C(processes_error) where NVML would not list
+      the GPU's compute processes.
   returned: when a backend observed the GPUs
   type: list
   elements: dict
@@ -264,6 +278,9 @@ class GpuSelector(object):
             docker_gpus_argv=_docker_gpus.gpus_argv(ids),
             docker_gpus_shell=_docker_gpus.gpus_shell(ids),
         )
+        warning = _gpu_select.cuda_order_warning(observation["devices"], constraints.id_type)
+        if warning:
+            self.module.warn(warning)
         if constraints.prefer_topology and observation["topology"] is None and constraints.count > 1:
             self.module.warn("prefer_topology needs the nvml backend; %s cannot see the GPU topology, so the "
                              "GPUs were picked by load alone" % observation["backend"])

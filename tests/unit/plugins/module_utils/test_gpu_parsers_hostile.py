@@ -193,17 +193,22 @@ def test_process_lines_for_an_unreadable_gpu_are_kept_with_it():
 # ---- NVML: a lost GPU ----
 
 class FakeNvml(object):
-    """The nvidia-ml-py calls _nvml makes, answered from a table; `faults[(call, index)]` is raised instead."""
+    """The nvidia-ml-py calls _nvml makes, answered from a table; `faults[(call, index)]` is raised instead, and
+    `answers[(call, index)]` (a value, or a function of the call's arguments) answered instead."""
 
-    def __init__(self, monkeypatch, count=4, faults=None):
+    CALLS = ["nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlSystemGetDriverVersion",
+             "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUtilizationRates",
+             "nvmlDeviceGetMigMode", "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetUUID", "nvmlDeviceGetName",
+             "nvmlDeviceGetPciInfo", "nvmlDeviceGetTemperature", "nvmlDeviceGetPersistenceMode",
+             "nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetTopologyCommonAncestor",
+             "nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigDeviceHandleByIndex",
+             "nvmlDeviceGetRetiredPagesPendingStatus", "nvmlDeviceGetRemappedRows"]
+
+    def __init__(self, monkeypatch, count=4, faults=None, answers=None):
         self.count = count
         self.faults = faults or {}
-        calls = ["nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlSystemGetDriverVersion",
-                 "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUtilizationRates",
-                 "nvmlDeviceGetMigMode", "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetUUID", "nvmlDeviceGetName",
-                 "nvmlDeviceGetPciInfo", "nvmlDeviceGetTemperature", "nvmlDeviceGetPersistenceMode",
-                 "nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetTopologyCommonAncestor"]
-        for call in calls:
+        self.answers = answers or {}
+        for call in self.CALLS:
             monkeypatch.setattr(pynvml, call, self._answer(call))
         monkeypatch.setattr(_nvml, "pynvml", pynvml)
 
@@ -216,6 +221,9 @@ class FakeNvml(object):
                 fault = self.faults.get((call, index))
                 if fault is not None:
                     raise fault()
+            if (call, indices[0]) in self.answers:
+                given = self.answers[(call, indices[0])]
+                return given(*args) if callable(given) else given
             return self._value(call, indices, args)
         return answer
 
@@ -245,6 +253,10 @@ class FakeNvml(object):
         if call == "nvmlDeviceGetTopologyCommonAncestor":
             a, b = indices
             return 10 if a // 2 == b // 2 else 40
+        if call == "nvmlDeviceGetMigDeviceHandleByIndex":
+            return types.SimpleNamespace(index="%s/%s" % (index, args[1]))
+        if call == "nvmlDeviceGetRemappedRows":
+            return (0, 0, 0, 0)
         return 0 if call != "nvmlDeviceGetPersistenceMode" else 1
 
 
