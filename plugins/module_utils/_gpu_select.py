@@ -69,6 +69,27 @@ _NUMERIC = ("index", "memory.total", "memory.used", "memory.free", "utilization.
             "ecc.errors.uncorrected.volatile.total")
 # Without these the GPU cannot be named, told apart from the others, or matched to its processes.
 _REQUIRED = ("index", "uuid")
+# The unit nvidia-smi prints after a value when `nounits` is not in effect (an older nvidia-smi in a container
+# image, a wrapper): "81559 MiB", "35 %". The value is the same; any other suffix is not read.
+_UNITS = {"memory.total": "MiB", "memory.used": "MiB", "memory.free": "MiB", "utilization.gpu": "%",
+          "used_memory": "MiB"}
+
+
+def _without_unit(field, text):
+    unit = _UNITS.get(field)
+    if unit and text.endswith(unit):
+        return text[:-len(unit)].rstrip()
+    return text
+
+
+def _cells(line):
+    """The cells of one CSV line of nvidia-smi. Its separator is ", ", but a value never holds a comma (the
+    fields queried are numbers, UUIDs, bus ids, switches and product names), so any spacing around commas is read
+    the same, and one trailing comma adds no cell."""
+    cells = [c.strip() for c in line.split(",")]
+    if len(cells) > 1 and cells[-1] == "" and line.rstrip().endswith(","):
+        cells.pop()
+    return cells
 
 
 def _cell(field, text):
@@ -78,9 +99,10 @@ def _cell(field, text):
             raise ValueError(field)
         return None
     if field in _NUMERIC:
-        if not _NUMBER.match(text):
+        number = _without_unit(field, text)
+        if not _NUMBER.match(number):
             raise ValueError(field)
-        return int(text)
+        return int(number)
     if field in ("mig.mode.current", "persistence_mode"):
         if text not in _SWITCH:
             raise ValueError(field)
@@ -124,7 +146,7 @@ def parse_smi_gpus(text, command):
         if not line or line in seen:
             continue
         seen.add(line)
-        cells = [c.strip() for c in line.split(", ")]
+        cells = _cells(line)
         if len(cells) != len(SMI_FIELDS):
             # Such as "Unable to determine the device handle for GPU 0000:3B:00.0: GPU is lost": a GPU is missing,
             # but which index it had, nvidia-smi does not say.
@@ -141,7 +163,8 @@ def parse_smi_gpus(text, command):
     return devices
 
 
-def _pid_or_mib(text):
+def _pid_or_mib(text, field=None):
+    text = _without_unit(field, text)
     return int(text) if _NUMBER.match(text) else None
 
 
@@ -150,22 +173,50 @@ def parse_smi_apps(text, devices):
     when the rest cannot be read (pid None): a hidden process would make a busy GPU look idle."""
     by_uuid = dict((d["uuid"], d) for d in devices if d.get("uuid"))
     for line in text.splitlines():
-        cells = [c.strip() for c in line.split(", ")]
+        cells = _cells(line)
         device = by_uuid.get(cells[0])
         if device is None:
             continue
         device["processes"].append({
             "pid": _pid_or_mib(cells[1]) if len(cells) > 1 else None,
-            "used_memory_mib": _pid_or_mib(cells[2]) if len(cells) > 2 else None,
+            "used_memory_mib": _pid_or_mib(cells[2], "used_memory") if len(cells) > 2 else None,
         })
+
+
+# What nvidia-smi prints when it cannot reach the GPUs at all, and what the operator can do about it. Real outputs
+# of each are in tests/unit/fixtures/nvidia_smi.
+SMI_FAILURES = (
+    ("Driver/library version mismatch", "the loaded NVIDIA kernel module and the NVML library are of different "
+     "versions, as after a driver upgrade without a reboot: reboot the host, or reload the nvidia kernel modules"),
+    ("No devices were found", "the NVIDIA driver sees no GPU: check that the GPUs are bound to the nvidia driver "
+     "(lspci -k) and the kernel log (dmesg) for NVRM and Xid errors"),
+    ("No supported GPUs were found", "no GPU is bound to the NVIDIA driver, or the driver does not support them: "
+     "check lspci -k and the kernel log (dmesg)"),
+    ("couldn't communicate with the NVIDIA driver", "the NVIDIA driver is not loaded: load it (modprobe nvidia) or "
+     "install it for the running kernel"),
+    ("Unable to determine the device handle", "a GPU fell off the bus or needs a reset: see the kernel log (dmesg, "
+     "Xid 79) and reset the GPU (nvidia-smi -r) or reboot"),
+    ("Failed to initialize NVML", "NVML could not start; the kernel log (dmesg) shows the driver's side"),
+)
+
+
+def _smi_failure(text):
+    """The advice for the first failure nvidia-smi's output shows, as " (...)", or ""."""
+    for marker, advice in SMI_FAILURES:
+        if marker in text:
+            return " (%s)" % advice
+    return ""
 
 
 def _smi_result(argv_prefix, timeout):
     command = " ".join(argv_prefix + SMI_QUERY)
     rc, out, err = run_command(argv_prefix + SMI_QUERY, timeout)
     if rc != 0:
-        raise BackendError("`%s` exited %d: %s" % (command, rc, (out + err).strip()[:500]))
-    return parse_smi_gpus(out, command)
+        raise BackendError("`%s` exited %d: %s%s" % (command, rc, (out + err).strip()[:500], _smi_failure(out + err)))
+    try:
+        return parse_smi_gpus(out, command)
+    except BackendError as exc:
+        raise BackendError(str(exc) + _smi_failure(out + err))
 
 
 def read_nvidia_smi(timeout, executable="nvidia-smi"):

@@ -28,7 +28,8 @@ description:
   - "Backends, tried in order with O(backend=auto): NVML in-process (nvidia-ml-py), the C(nvidia-smi) CSV
     query, and C(nvidia-smi) inside C(docker run --gpus all) when O(docker_image) is given. Each is bounded by
     O(timeout). When none works the module fails and says what each backend tried and why it failed: it never
-    returns GPUs it did not observe."
+    returns GPUs it did not observe. Where C(nvidia-smi) cannot reach the GPUs at all (a driver/library version
+    mismatch, no devices found, a GPU lost), the failure quotes it and says what to do."
   - With O(count) > 1 it prefers the set of GPUs with the closest interconnect (NVML's topology common
     ancestor); tensor parallelism across a PCIe host bridge is much slower than within a switch or NVLink domain.
   - Returns the choice in the forms consumers need, quoted correctly, including for C(docker run --gpus).
