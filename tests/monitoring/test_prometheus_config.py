@@ -242,6 +242,11 @@ def test_bad_options_are_refused_before_anything_is_written(refusals, extra, nam
     assert "shadow" not in result["stdout"]
 
 
+# The module a target of the tls job is probed with: Prometheus sends a target's __param_module label as the module
+# parameter and keeps no __ label on its series.
+VLLM_MODULE = {"__param_module": "tls_connect"}
+GATEWAY_MODULE = {"__param_module": "tls_connect_gateway"}
+
 TLS_RELABELLING = [{"source_labels": ["__address__"], "target_label": "__param_target"},
                    {"source_labels": ["__param_target"], "target_label": "instance"},
                    {"target_label": "__address__", "replacement": "127.0.0.1:9115"}]
@@ -253,15 +258,16 @@ def test_the_tls_job_probes_every_https_instance_through_the_blackbox_exporter(d
     tls = jobs(load(out, "prometheus.yml"))["tls"]
     # The HTTPS instances only, with the labels of their vllm_https target; the plain HTTP ones have no certificate.
     assert tls["static_configs"] == [
-        {"targets": ["gpu-b.internal:8443"], "labels": {"host": "gpu-b", "vllm_instance": "secure"}}]
+        {"targets": ["gpu-b.internal:8443"], "labels": {"host": "gpu-b", "vllm_instance": "secure", **VLLM_MODULE}}]
     assert tls["metrics_path"] == "/probe"
-    assert tls["params"] == {"module": ["tls_connect"]}
+    # Each target names its module; no job-wide one, which Prometheus 2.42 would send instead of the target's.
+    assert "params" not in tls
     assert "scheme" not in tls  # the exporter itself is reached over plain HTTP on loopback
     assert tls["relabel_configs"] == TLS_RELABELLING
-    # The module the job asks for is the one the exporter's configuration defines: a TLS handshake, unverified
-    # without a CA.
-    assert load(out, "blackbox.yml") == {"modules": {"tls_connect": {
-        "prober": "tcp", "timeout": "5s", "tcp": {"tls": True, "tls_config": {"insecure_skip_verify": True}}}}}
+    # The modules the targets ask for are the ones the exporter's configuration defines: a TLS handshake, unverified
+    # without a CA; one for the instances (and the extra endpoints), one for the gateways.
+    handshake = {"prober": "tcp", "timeout": "5s", "tcp": {"tls": True, "tls_config": {"insecure_skip_verify": True}}}
+    assert load(out, "blackbox.yml") == {"modules": {"tls_connect": handshake, "tls_connect_gateway": handshake}}
     flags = (out / "blackbox.defaults").read_text()
     assert 'ARGS="--config.file=/etc/prometheus/blackbox.yml --web.listen-address=127.0.0.1:9115"' in flags
 
@@ -269,8 +275,27 @@ def test_the_tls_job_probes_every_https_instance_through_the_blackbox_exporter(d
 def test_the_probe_verifies_with_the_instances_ca_when_there_is_one(tmp_path):
     result, out = render(tmp_path, {"monitoring_prometheus_vllm_ca_src": "ca.crt"})
     assert result.returncode == 0, result.stdout[-4000:]
-    module = load(out, "blackbox.yml")["modules"]["tls_connect"]
-    assert module["tcp"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "vllm-ca.crt")}
+    modules = load(out, "blackbox.yml")["modules"]
+    assert modules["tls_connect"]["tcp"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "vllm-ca.crt")}
+    # Not the gateways: the instances' CA does not sign them.
+    assert modules["tls_connect_gateway"]["tcp"]["tls_config"] == {"insecure_skip_verify": True}
+
+
+def test_the_probe_verifies_the_gateways_with_their_own_ca(tmp_path):
+    result, out = render(tmp_path, {"monitoring_prometheus_vllm_ca_src": "ca.crt",
+                                    "monitoring_prometheus_gateway_ca_src": "gateway-ca.crt"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    modules = load(out, "blackbox.yml")["modules"]
+    assert modules["tls_connect"]["tcp"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "vllm-ca.crt")}
+    assert modules["tls_connect_gateway"]["tcp"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "gateway-ca.crt")}
+
+    other = tmp_path / "gateway-only"
+    other.mkdir()
+    result, out = render(other, {"monitoring_prometheus_gateway_ca_src": "gateway-ca.crt"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    modules = load(out, "blackbox.yml")["modules"]
+    assert modules["tls_connect"]["tcp"]["tls_config"] == {"insecure_skip_verify": True}
+    assert modules["tls_connect_gateway"]["tcp"]["tls_config"] == {"ca_file": str(other / "tls" / "gateway-ca.crt")}
 
 
 def test_extra_endpoints_are_probed_with_their_own_labels(tmp_path):
@@ -281,11 +306,12 @@ def test_extra_endpoints_are_probed_with_their_own_labels(tmp_path):
                                     "monitoring_blackbox_listen_address": "0.0.0.0:9200"})
     assert result.returncode == 0, result.stdout[-4000:]
     tls = jobs(load(out, "prometheus.yml"))["tls"]
+    # The extra endpoints are probed with the instances' module (their CA).
     assert tls["static_configs"] == [
-        {"targets": ["gpu-b.internal:8443"], "labels": {"host": "gpu-b", "vllm_instance": "secure"}},
-        {"targets": ["gw.example.internal:7654"], "labels": {"host": "gw-1", "endpoint": "gateway"}},
-        {"targets": ["[fd00::9]:443"], "labels": {"host": "fd00::9", "endpoint": "edge"}},
-        {"targets": ["10.0.0.9:8443"], "labels": {"host": "10.0.0.9", "endpoint": "lb"}}]
+        {"targets": ["gpu-b.internal:8443"], "labels": {"host": "gpu-b", "vllm_instance": "secure", **VLLM_MODULE}},
+        {"targets": ["gw.example.internal:7654"], "labels": {"host": "gw-1", "endpoint": "gateway", **VLLM_MODULE}},
+        {"targets": ["[fd00::9]:443"], "labels": {"host": "fd00::9", "endpoint": "edge", **VLLM_MODULE}},
+        {"targets": ["10.0.0.9:8443"], "labels": {"host": "10.0.0.9", "endpoint": "lb", **VLLM_MODULE}}]
     # A wildcard listen address is reached on loopback.
     assert tls["relabel_configs"][-1] == {"target_label": "__address__", "replacement": "127.0.0.1:9200"}
     assert "--web.listen-address=0.0.0.0:9200" in (out / "blackbox.defaults").read_text()
@@ -306,7 +332,7 @@ def test_without_https_endpoints_there_is_no_tls_job(tmp_path):
                                  "monitoring_tls_probe_targets": [{"address": "gw:7654", "name": "gateway"}]})
     assert result.returncode == 0, result.stdout[-4000:]
     assert jobs(load(out, "prometheus.yml"))["tls"]["static_configs"] == [
-        {"targets": ["gw:7654"], "labels": {"host": "gw", "endpoint": "gateway"}}]
+        {"targets": ["gw:7654"], "labels": {"host": "gw", "endpoint": "gateway", **VLLM_MODULE}}]
 
 
 TLS_TARGETS_MESSAGE = "monitoring_tls_probe_targets is a list of endpoints"
@@ -373,7 +399,13 @@ def test_the_gateways_are_scraped_over_https_and_their_certificates_probed(tmp_p
     inventory["all"]["children"]["gateway_hosts"] = {"hosts": {
         "gw-1": {"ansible_host": "10.0.0.20"},
         "gw-2": {"monitoring_scrape_address": "gw-2.internal", "gateway_port": 8443}}}
-    result, out = render(tmp_path, {"monitoring_prometheus_gateway_ca_src": "gateway-ca.crt"}, hosts=inventory)
+    # Extra endpoints that are already a gateway or an instance (as the docs once had a gateway added) are probed
+    # once, as that one: with its CA and its labels.
+    extra = [{"address": "10.0.0.20:7654", "name": "gw", "host": "gw-1"},
+             {"address": "gpu-b.internal:8443", "name": "secure"},
+             {"address": "lb.internal:443", "name": "lb"}]
+    result, out = render(tmp_path, {"monitoring_prometheus_gateway_ca_src": "gateway-ca.crt",
+                                    "monitoring_tls_probe_targets": extra}, hosts=inventory)
     assert result.returncode == 0, result.stdout[-4000:]
     config = jobs(load(out, "prometheus.yml"))
     gateway = config["gateway"]
@@ -381,9 +413,15 @@ def test_the_gateways_are_scraped_over_https_and_their_certificates_probed(tmp_p
     assert gateway["tls_config"] == {"ca_file": str(tmp_path / "tls" / "gateway-ca.crt")}
     assert gateway["static_configs"] == [{"targets": ["10.0.0.20:7654"], "labels": {"host": "gw-1"}},
                                          {"targets": ["gw-2.internal:8443"], "labels": {"host": "gw-2"}}]
-    assert config["tls"]["static_configs"][1:] == [
-        {"targets": ["10.0.0.20:7654"], "labels": {"host": "gw-1", "endpoint": "gateway"}},
-        {"targets": ["gw-2.internal:8443"], "labels": {"host": "gw-2", "endpoint": "gateway"}}]
+    # The gateways' certificates are probed with the module that verifies them with their CA, under the same job.
+    assert config["tls"]["static_configs"] == [
+        {"targets": ["gpu-b.internal:8443"], "labels": {"host": "gpu-b", "vllm_instance": "secure", **VLLM_MODULE}},
+        {"targets": ["10.0.0.20:7654"], "labels": {"host": "gw-1", "endpoint": "gateway", **GATEWAY_MODULE}},
+        {"targets": ["gw-2.internal:8443"], "labels": {"host": "gw-2", "endpoint": "gateway", **GATEWAY_MODULE}},
+        {"targets": ["lb.internal:443"], "labels": {"host": "lb.internal", "endpoint": "lb", **VLLM_MODULE}}]
+    assert "params" not in config["tls"]
+    assert load(out, "blackbox.yml")["modules"]["tls_connect_gateway"]["tcp"]["tls_config"] == {
+        "ca_file": str(tmp_path / "tls" / "gateway-ca.crt")}
 
 
 def test_without_gateways_there_is_no_gateway_job(defaults):

@@ -2,7 +2,9 @@
 configuration the role renders, against `openssl s_server` (and a TLS server that wants an API key) with
 certificates that expire in a known number of days; then Prometheus with the role's rendered scrape configuration
 and rules, scraping that exporter through the `tls` job, with CertificateExpiringSoon active for a certificate that
-expires in 7 days and not for one that expires in 30.
+expires in 7 days and not for one that expires in 30; and with an instance and a gateway signed by two CAs (the
+role's monitoring_prometheus_vllm_ca_src and monitoring_prometheus_gateway_ca_src), each probed with its own, and a
+gateway from a third CA failing its probe.
 
 CertificateExpiringSoon has `for: 10m`: here it is seen pending (its expression holds, evaluated by Prometheus on
 the probe's real series); the promtool cases in rules/ cover the 10 minutes before it fires."""
@@ -125,6 +127,15 @@ def test_with_the_instances_ca_the_probe_verifies(ca, tmp_path):
     assert samples(refused, "probe_ssl_earliest_cert_expiry") == {}, refused
 
 
+@pytest.fixture(scope="module")
+def rules_dir(tmp_path_factory):
+    """The role's rule files, rendered once for the tests that run Prometheus with them."""
+    directory = tmp_path_factory.mktemp("rules")
+    rules = render_rules(directory)
+    assert rules.returncode == 0, rules.stdout[-4000:]
+    return directory
+
+
 def query(port, promql):
     answer = json.loads(scrape("http://127.0.0.1:%d/api/v1/query?%s" % (port, urllib.parse.urlencode(
         {"query": promql}))))
@@ -143,7 +154,8 @@ def wait_for(port, promql, predicate, deadline=60.0):
         time.sleep(0.5)
 
 
-def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_that_expires_soon(ca, tmp_path):
+def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_that_expires_soon(ca, rules_dir,
+                                                                                               tmp_path):
     signed_soon = certificate(str(tmp_path), 7, ca=ca)
     (tmp_path / "later").mkdir()
     signed_later = certificate(str(tmp_path / "later"), 30, ca=ca)
@@ -160,6 +172,7 @@ def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_tha
         result, out = render(tmp_path, {
             "monitoring_prometheus_vllm_ca_src": "ca.crt",
             "monitoring_prometheus_scrape_interval": "1s", "monitoring_prometheus_evaluation_interval": "1s",
+            "monitoring_prometheus_rules_dir": str(rules_dir),
             "monitoring_prometheus_listen_address": "127.0.0.1:%d" % prometheus_port,
             "monitoring_blackbox_listen_address": "127.0.0.1:%d" % exporter_port,
             "monitoring_tls_probe_targets": [{"address": "127.0.0.1:%d" % gw, "name": "gateway", "host": "gw-1"}],
@@ -167,8 +180,6 @@ def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_tha
         assert result.returncode == 0, result.stdout[-4000:]
         with open(ca[0]) as source, open(str(tmp_path / "tls" / "vllm-ca.crt"), "w") as dest:
             dest.write(source.read())
-        rules = render_rules(tmp_path / "rules")
-        assert rules.returncode == 0, rules.stdout[-4000:]
         listen = "--web.listen-address=127.0.0.1:%d" % exporter_port
         assert listen in (out / "blackbox.defaults").read_text()
         with tempfile.TemporaryDirectory() as data, \
@@ -201,3 +212,65 @@ def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_tha
         assert sorted((s["metric"]["instance"], s["metric"]["alertstate"], s["metric"]["severity"])
                       for s in answer) == sorted([("127.0.0.1:%d" % soon, "pending", "warning"),
                                                   ("127.0.0.1:%d" % gw, "pending", "warning")]), answer
+
+
+def test_each_endpoint_is_probed_with_the_ca_that_signs_it(ca, rules_dir, tmp_path):
+    """The instances' CA signs the instance, another CA the gateway (monitoring_prometheus_gateway_ca_src), as the
+    role is given them: both probes succeed and report their expiry, each verified with its own CA, and under the
+    same job; a gateway whose certificate a third CA signed fails its probe (no expiry) and TlsProbeFailing is
+    pending for it alone."""
+    for name in ("gateway-ca", "stranger-ca", "instance", "gateway", "stranger"):
+        (tmp_path / name).mkdir()
+    gateway_ca = certificate(str(tmp_path / "gateway-ca"), 60, name="inferops-test-gateway-ca")
+    stranger_ca = certificate(str(tmp_path / "stranger-ca"), 60, name="inferops-test-stranger-ca")
+    instance = certificate(str(tmp_path / "instance"), 30, ca=ca)
+    gateway = certificate(str(tmp_path / "gateway"), 20, ca=gateway_ca)
+    stranger = certificate(str(tmp_path / "stranger"), 20, ca=stranger_ca)
+    exporter_port, prometheus_port = free_port(), free_port()
+    with tls_server(*instance) as vllm, tls_server(*gateway) as gw, tls_server(*stranger) as other:
+        hosts = {"all": {"children": {
+            "monitoring_hosts": {"hosts": {"mon-1": {"ansible_connection": "local"}}},
+            "vllm_hosts": {"hosts": {"gpu-a": {
+                "monitoring_scrape_address": "127.0.0.1", "vllm_tls_cert_src": "files/a.crt",
+                "vllm_instances": [{"name": "chat", "port": vllm}]}}},
+            "gateway_hosts": {"hosts": {
+                "gw-1": {"monitoring_scrape_address": "127.0.0.1", "gateway_port": gw},
+                "gw-2": {"monitoring_scrape_address": "127.0.0.1", "gateway_port": other}}},
+        }}}
+        result, out = render(tmp_path, {
+            "monitoring_prometheus_vllm_ca_src": "ca.crt", "monitoring_prometheus_gateway_ca_src": "gateway-ca.crt",
+            "monitoring_prometheus_scrape_interval": "1s", "monitoring_prometheus_evaluation_interval": "1s",
+            "monitoring_prometheus_rules_dir": str(rules_dir),
+            "monitoring_prometheus_listen_address": "127.0.0.1:%d" % prometheus_port,
+            "monitoring_blackbox_listen_address": "127.0.0.1:%d" % exporter_port,
+        }, hosts=hosts)
+        assert result.returncode == 0, result.stdout[-4000:]
+        # Where the role's CA tasks put the two CAs.
+        for source_ca, placed in ((ca, "vllm-ca.crt"), (gateway_ca, "gateway-ca.crt")):
+            with open(source_ca[0]) as source, open(str(tmp_path / "tls" / placed), "w") as dest:
+                dest.write(source.read())
+        with tempfile.TemporaryDirectory() as data, \
+                running([tool("prometheus-blackbox-exporter"), "--config.file=%s" % (out / "blackbox.yml"),
+                         "--web.listen-address=127.0.0.1:%d" % exporter_port]), \
+                running([tool("prometheus"), "--config.file=%s" % (out / "prometheus.yml"),
+                         "--storage.tsdb.path=%s" % data,
+                         "--web.listen-address=127.0.0.1:%d" % prometheus_port]):
+            scrape("http://127.0.0.1:%d/-/ready" % prometheus_port, deadline=30)
+            success = wait_for(prometheus_port, 'probe_success{job="tls"}', lambda result: len(result) == 3)
+            expiry = query(prometheus_port, 'probe_ssl_earliest_cert_expiry{job="tls"}')
+            failing = wait_for(prometheus_port, 'ALERTS{alertname="TlsProbeFailing"}', lambda result: result)
+    instance_target, gateway_target, stranger_target = ("127.0.0.1:%d" % port for port in (vllm, gw, other))
+    by_target = {series["metric"]["instance"]: series for series in success}
+    assert {t: float(s["value"][1]) for t, s in by_target.items()} == {
+        instance_target: 1.0, gateway_target: 1.0, stranger_target: 0.0}, success
+    # All three under job tls, with their target's labels and no __param_module.
+    assert {t: {k: v for k, v in s["metric"].items() if k not in ("__name__", "instance")}
+            for t, s in by_target.items()} == {
+        instance_target: {"job": "tls", "host": "gpu-a", "vllm_instance": "chat"},
+        gateway_target: {"job": "tls", "host": "gw-1", "endpoint": "gateway"},
+        stranger_target: {"job": "tls", "host": "gw-2", "endpoint": "gateway"}}
+    # The gateway's expiry is reported (CertificateExpiringSoon sees it); the stranger's, which did not verify, not.
+    assert {s["metric"]["instance"]: float(s["value"][1]) for s in expiry} == {
+        instance_target: not_after(instance[0]), gateway_target: not_after(gateway[0])}, expiry
+    assert [(s["metric"]["instance"], s["metric"]["alertstate"]) for s in failing] == [
+        (stranger_target, "pending")], failing
