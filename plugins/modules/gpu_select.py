@@ -77,7 +77,7 @@ options:
   mig:
     description:
       - V(skip) leaves MIG-enabled GPUs out. A GPU with MIG enabled pending a reset is left out with either
-        choice: it would turn MIG under a whole-GPU workload at its next reset.
+        choice, since it would turn MIG under a whole-GPU workload at its next reset.
       - V(use) picks one MIG device (by UUID) instead of a whole GPU; a process can only use one MIG device,
         so this needs O(count=1) and the C(nvml) backend.
     type: str
