@@ -85,51 +85,143 @@ def locked(path, check_mode):
         os.close(fd)
 
 
-def _holders(reservations):
-    """{GPU: [instance, ...]} from {instance: [GPU, ...]}."""
+def _holders(reservations, key=str):
+    """{GPU: [instance, ...]} from {instance: [GPU, ...]}, each GPU as key(name)."""
     held = {}
     for name, gpus in reservations.items():
         for gpu in gpus:
-            held.setdefault(gpu, []).append(name)
+            held.setdefault(key(gpu), []).append(name)
     return held
 
 
-def reserve_pinned(claims):
-    """{instance: GPUs} of the pinned claims; two instances pinning one GPU must both say share_gpus."""
+def reserve_pinned(claims, key=str):
+    """{instance: GPUs} of the pinned claims; two instances pinning one GPU must both say share_gpus. With `key`
+    (a GPU's one name, see _keys) a GPU pinned by index and by UUID is one GPU."""
     pinned = dict((c.name, c.pinned) for c in claims if c.pinned and c.state != "absent")
     sharing = dict((c.name, c.share_gpus) for c in claims)
-    for gpu, names in sorted(_holders(pinned).items()):
+    shown = {}
+    for name, gpus in sorted(pinned.items()):
+        for gpu in gpus:
+            shown.setdefault(key(gpu), []).append(gpu)
+    for gpu, names in sorted(_holders(pinned, key).items()):
         if len(names) > 1 and not all(sharing[n] for n in names):
             raise LedgerError(
                 "gpus: GPU %s is pinned by %s; two vLLM instances on one GPU each plan for its whole memory and both "
                 "fail. Pin different GPUs, or set share_gpus: true on each of them to share it on purpose"
-                % (gpu, " and ".join(sorted(names))))
+                % (" = ".join(sorted(set(shown[gpu]), key=_natural)), " and ".join(sorted(names))))
     return pinned
 
 
-def _device_names(observation):
-    names = {}
+def _natural(name):
+    """Sorts GPU names as numbers where they are indices: 2 before 10."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def read_gpus(timeout):
+    """The GPUs as gpu_assign reads them: NVML, then nvidia-smi; with NVML's topology, so that an instance of
+    several GPUs gets GPUs close together, as gpu_select gives them."""
+    return _gpu_select.observe("auto", timeout, with_topology=True)[0]
+
+
+def _keys(observation):
+    """{name: key}: each name of an observed GPU (index, UUID) to one key per GPU (its UUID where it has one), and
+    each MIG device UUID to itself. Without an observation, names are keys: "3" and its UUID are then two GPUs."""
+    keys = {}
     for device in observation["devices"] if observation else []:
+        if device.get("index") is None and not device.get("uuid"):
+            continue
+        key = device.get("uuid") or str(device["index"])
         for name in (device.get("index"), device.get("uuid")):
             if name is not None:
-                names[str(name)] = device
-    return names
+                keys[str(name)] = key
+        for mig in device.get("mig_devices", []):
+            keys[mig["uuid"]] = mig["uuid"]
+    return keys
+
+
+def _forms(names):
+    """How GPUs are named: by index, GPU UUID or MIG UUID."""
+    return set("mig" if n.startswith("MIG-") else "uuid" if n.startswith("GPU-") else "index" for n in names)
+
+
+def _find(observation, name):
+    """(device, MIG device or None) that `name` names in the observation, or (None, None)."""
+    for device in observation["devices"]:
+        if name in (str(device.get("index")), device.get("uuid")):
+            return device, None
+        for mig in device.get("mig_devices", []):
+            if mig["uuid"] == name:
+                return device, mig
+    return None, None
+
+
+def _pin_problem(name, observation):
+    """Why GPU `name` cannot be pinned, with what to do about it; None when it can (or cannot be checked)."""
+    device, mig = _find(observation, name)
+    if device is None:
+        if name.startswith("MIG-") and observation.get("backend") != "nvml":
+            return None  # only NVML lists MIG devices
+        readable = [str(d["index"]) for d in observation["devices"] if isinstance(d.get("index"), int)]
+        lost = [d.get("error") for d in observation["devices"] if not isinstance(d.get("index"), int)]
+        return ("it is not a GPU of this host (%s sees GPUs %s%s). Pin one that exists (nvidia-smi -L lists "
+                "them)" % (observation.get("backend"), ", ".join(readable) or "none",
+                           "; and one it cannot read: %s" % "; ".join(lost) if lost else ""))
+    index = device.get("index")
+    if mig is not None:
+        return None
+    if "error" in device:
+        return ("it cannot be read (%s): it fell off the bus or needs a reset. Reset it (nvidia-smi -r -i %s) or "
+                "reboot the host, or pin another GPU" % (device["error"], index))
+    if device.get("mig_enabled") or device.get("mig_enabled_pending"):
+        return ("it has MIG enabled%s, so no process can use it whole. Pin one of its MIG devices (MIG-..., "
+                "nvidia-smi -L lists them), or disable MIG (nvidia-smi -i %s -mig 0, then reset the GPU)"
+                % ("" if device.get("mig_enabled") else " pending a reset", index))
+    health = _gpu_select.health_reasons(device)
+    if health:
+        return ("it is unhealthy: %s. Reset it (nvidia-smi -r -i %s), or have it serviced if that does not clear it, "
+                "or pin another GPU" % ("; ".join(health), index))
+    return None
+
+
+def check_pins(claims, observation):
+    """Refuses a pin on a GPU that is not there, cannot be read, runs MIG or is unhealthy, naming it and the fix."""
+    for claim in claims:
+        for gpu in claim.pinned or []:
+            problem = _pin_problem(gpu, observation)
+            if problem:
+                raise LedgerError("instances[%s].gpus: GPU %s %s" % (claim.name, gpu, problem))
+
+
+def _display(key, observation):
+    """The name a GPU key is shown by: its index where the observation has one."""
+    for device in observation["devices"] if observation else []:
+        if key in (device.get("uuid"), str(device.get("index"))) and device.get("index") is not None:
+            return str(device["index"])
+    return key
 
 
 def _held_by_others(observation, name, proc):
-    """GPUs on which a process that is not this instance's runs: never picked for it."""
+    """{GPU index: why}: GPUs on which a process that is not this instance's runs, or whose processes could not be
+    listed (then another workload cannot be ruled out): never picked for it."""
     held = {}
     for device in observation["devices"]:
+        if device.get("index") is None:
+            continue
         others = [p for p in device.get("processes", []) if _instance_procs.instance_of(p["pid"], proc) != name]
-        if others and device.get("index") is not None:
-            held[str(device["index"])] = others
+        if device.get("processes_error"):
+            held[str(device["index"])] = ("its compute processes could not be listed (%s), so another workload on "
+                                          "it cannot be ruled out" % device["processes_error"])
+        elif others:
+            held[str(device["index"])] = "used by PID %s of another workload" % ", ".join(
+                "?" if p["pid"] is None else str(p["pid"]) for p in others)
     return held
 
 
-def _pick(claim, observation, constraints_base, taken, proc):
+def _pick(claim, observation, constraints_base, taken, key, proc):
     held = _held_by_others(observation, claim.name, proc)
-    known = _device_names(observation)
-    refused = sorted(set(g for g in list(taken) + list(held) + constraints_base["exclude"] if g in known))
+    refused_keys = set(taken) | set(key(g) for g in constraints_base["exclude"])
+    refused = sorted(set(str(d["index"]) for d in observation["devices"] if d.get("index") is not None and (
+        key(str(d["index"])) in refused_keys or str(d["index"]) in held)), key=_natural)
     constraints = _gpu_select.Constraints(
         count=claim.count, min_free_memory_mib=claim.min_free_memory_mib, exclude=refused,
         require_idle=constraints_base["require_idle"])
@@ -138,64 +230,101 @@ def _pick(claim, observation, constraints_base, taken, proc):
     try:
         return [str(g) for g in _gpu_select.select(view, constraints)["gpus"]]
     except _gpu_select.SelectionError as exc:
-        why = ["GPU %s held by instance %s" % (g, ", ".join(taken[g])) for g in sorted(taken) if g in known]
-        why += ["GPU %s used by PID %s of another workload" % (g, ", ".join(str(p["pid"]) for p in held[g]))
-                for g in sorted(held) if g not in taken]
+        shown = dict((_display(k, observation), names) for k, names in taken.items())
+        why = ["GPU %s held by instance %s" % (g, ", ".join(shown[g])) for g in sorted(shown, key=_natural)
+               if g in refused]
+        why += ["GPU %s %s" % (g, held[g]) for g in sorted(held, key=_natural) if g not in shown]
         raise LedgerError("no GPUs for %s: %s%s" % (claim.name, exc, ("\n  (" + "; ".join(why) + ")") if why else ""))
 
 
-def assign(ledger, claims, observe, exclude=(), require_idle=False, proc="/proc"):
-    """The new ledger and a report of what moved. `observe()` reads the GPUs, only when something is picked.
+def _plan(ledger, claims, exclude, key):
+    """Pinned GPUs, unlisted instances' GPUs and kept assignments, each GPU as key(name): (taken, assignments,
+    unlisted, to_pick, released)."""
+    pinned = reserve_pinned(claims, key)
+    listed = set(c.name for c in claims)
+    unlisted = dict((n, g) for n, g in ledger.items() if n not in listed)
+    pins = _holders(pinned, key)
+    pin_names = dict((key(g), g) for gpus in pinned.values() for g in gpus)
+    taken = dict((gpu, list(names)) for gpu, names in pins.items())
+    for name, gpus in sorted(unlisted.items()):
+        for gpu in gpus:
+            if key(gpu) in pins:
+                pin = pin_names[key(gpu)]
+                raise LedgerError(
+                    "gpus: GPU %s is pinned by %s, but the ledger gives it%s to %s, which is not among this host's "
+                    "instances and may still run there. List %s with state: absent once to stop it and free its "
+                    "GPUs, or pin another GPU" % (pin, " and ".join(pins[key(gpu)]),
+                                                  "" if pin == gpu else " (as %s)" % gpu, name, name))
+            taken.setdefault(key(gpu), []).append(name)
+    excluded = set(key(e) for e in exclude)
+    assignments, to_pick, released = dict(pinned), [], []
+    # First every kept assignment, so that a claim picked anew never takes a GPU a later claim keeps.
+    for claim in claims:
+        if claim.state == "absent":
+            if claim.name in ledger:
+                released.append(claim.name)
+            continue
+        if claim.pinned:
+            continue
+        before = ledger.get(claim.name)
+        if before and len(before) == claim.count and not any(key(g) in taken or key(g) in excluded for g in before):
+            assignments[claim.name] = before
+            for gpu in before:
+                taken.setdefault(key(gpu), []).append(claim.name)
+        else:
+            to_pick.append(claim)
+    return taken, assignments, unlisted, to_pick, released
 
-    Returns (new_ledger, report) with report = {assignments, picked, moved, released, unlisted}."""
+
+def assign(ledger, claims, observe, exclude=(), require_idle=False, proc="/proc"):
+    """The new ledger and a report of what moved. `observe()` reads the GPUs (or raises _gpu_select.BackendError),
+    only when something is picked, a pin is new or changed (it is checked), or GPUs are named both by index and
+    by UUID (so that one GPU is not taken for two).
+
+    Returns (new_ledger, report) with report = {assignments, picked, moved, released, unlisted, unchecked}."""
     names = [c.name for c in claims]
     duplicates = sorted(set(n for n in names if names.count(n) > 1))
     if duplicates:
         raise LedgerError("instances: %s listed more than once" % ", ".join(duplicates))
     exclude = [str(e) for e in exclude]
-    pinned = reserve_pinned(claims)
-    listed = set(names)
-    unlisted = dict((n, g) for n, g in ledger.items() if n not in listed)
-    taken = _holders(pinned)
-    for name, gpus in sorted(unlisted.items()):
-        for gpu in gpus:
-            if gpu in taken:
-                raise LedgerError(
-                    "gpus: GPU %s is pinned by %s, but the ledger gives it to %s, which is not among this host's "
-                    "instances and may still run there. List %s with state: absent once to stop it and free its "
-                    "GPUs, or pin another GPU" % (gpu, " and ".join(taken[gpu]), name, name))
-            taken.setdefault(gpu, []).append(name)
-    report = {"picked": {}, "moved": {}, "released": [], "unlisted": unlisted}
-    assignments = dict(pinned)
-    to_pick = []
-    # First every kept assignment, so that a claim picked anew never takes a GPU a later claim keeps.
-    for claim in claims:
-        if claim.state == "absent":
-            if claim.name in ledger:
-                report["released"].append(claim.name)
-            continue
-        if claim.pinned:
-            continue
-        before = ledger.get(claim.name)
-        if before and len(before) == claim.count and not any(g in taken or g in exclude for g in before):
-            assignments[claim.name] = before
-            for gpu in before:
-                taken.setdefault(gpu, []).append(claim.name)
-        else:
-            to_pick.append(claim)
-    observation = observe() if to_pick else None
+    taken, assignments, unlisted, to_pick, released = _plan(ledger, claims, exclude, str)
+    new_pins = [c for c in claims if c.pinned and c.state != "absent" and ledger.get(c.name) != c.pinned]
+    in_use = [g for c in claims if c.state != "absent" for g in (c.pinned or ledger.get(c.name) or [])]
+    in_use += [g for gpus in unlisted.values() for g in gpus] + exclude
+    observation, unchecked = None, None
+    if to_pick or new_pins or len(_forms(in_use) - set(["mig"])) > 1:
+        try:
+            observation = observe()
+        except _gpu_select.BackendError as exc:
+            if to_pick:
+                raise LedgerError("the GPUs could not be read to pick some for %s: %s" % (
+                    ", ".join(c.name for c in to_pick), exc))
+            # Pins are the inventory's word: they stand, unchecked, and the report says so.
+            unchecked = str(exc)
+    if observation is not None:
+        check_pins(new_pins, observation)
+        keys = _keys(observation)
+
+        def key(name):
+            return keys.get(name, name)
+        taken, assignments, unlisted, to_pick, released = _plan(ledger, claims, exclude, key)
+    else:
+        key = str
+    report = {"picked": {}, "moved": {}, "released": released, "unlisted": unlisted, "unchecked": unchecked}
     base = {"exclude": exclude, "require_idle": require_idle}
-    for claim in to_pick:
-        gpus = _pick(claim, observation, base, taken, proc)
+    # The instances of most GPUs first (in their order otherwise): a small one picked first could split the set of
+    # close GPUs a large one needs.
+    for claim in sorted(to_pick, key=lambda c: -c.count):
+        gpus = _pick(claim, observation, base, taken, key, proc)
         assignments[claim.name] = gpus
         report["picked"][claim.name] = gpus
         if ledger.get(claim.name):
             report["moved"][claim.name] = {"from": ledger[claim.name], "to": gpus}
         for gpu in gpus:
-            taken.setdefault(gpu, []).append(claim.name)
+            taken.setdefault(key(gpu), []).append(claim.name)
     for claim in claims:
         before = ledger.get(claim.name)
-        if claim.pinned and before and before != claim.pinned:
+        if claim.pinned and claim.state != "absent" and before and before != claim.pinned:
             report["moved"][claim.name] = {"from": before, "to": claim.pinned}
     new_ledger = dict(unlisted)
     new_ledger.update(assignments)

@@ -14,14 +14,23 @@ author: inferops maintainers (@inferops)
 description:
   - Keeps the host's GPU ledger, a JSON file of which instance holds which GPUs, under a lock, written atomically.
   - Every GPU pinned in O(instances) (their C(gpus)) is reserved first, whatever the order of the list. Two
-    instances pinning one GPU is an error unless both set C(share_gpus).
+    instances pinning one GPU is an error unless both set C(share_gpus). A GPU named by its index in one place and
+    by its UUID in another is one GPU.
+  - A pin new to the ledger (or changed) is checked against the GPUs. One that is not on the host, cannot be read
+    (lost, needs a reset), runs MIG (or has MIG enabled pending a reset; pin one of its MIG devices instead), or is
+    unhealthy (uncorrected ECC errors, memory pending retirement or remapping, a failed remapping) is refused with
+    what to do. A pin already in the ledger is not checked again. When the GPUs cannot be read, pins stand
+    unchecked and the module warns.
   - An instance without pinned GPUs keeps the GPUs the ledger gives it, as long as it asks for as many, none of
     them is pinned by another instance, and none is in O(exclude). Otherwise it gets the least-loaded healthy GPUs
-    that no other instance holds and no other workload's process uses (the picking of M(inferops.vllm.gpu_select)),
-    and the result says it moved.
+    that no other instance holds and no other workload's process uses (the picking of M(inferops.vllm.gpu_select),
+    with the GPUs' topology; never a GPU that is lost, unhealthy or runs MIG, nor one whose processes cannot be
+    listed), and the result says it moved. Instances needing more GPUs are picked first, so that a small one does not
+    split the close GPUs a larger one needs.
   - "An instance in the ledger but not in O(instances) keeps its GPUs (it may still run): set its C(state) to
     V(absent) for one run to free them."
-  - The GPUs are read (NVML, then C(nvidia-smi)) only when an instance needs picking.
+  - The GPUs are read (NVML, then C(nvidia-smi)) only when an instance needs picking, a pin is new or changed, or
+    GPUs are named both by index and by UUID; a run that changes nothing reads none.
 extends_documentation_fragment:
   - inferops.vllm.attributes
 attributes:
@@ -140,11 +149,15 @@ unlisted:
   description: Instances the ledger holds GPUs for that are not in O(instances).
   returned: success
   type: dict
+unchecked:
+  description: Why new pins could not be checked against the GPUs (they could not be read); null when they were.
+  returned: success
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _files, _gpu_ledger, _gpu_select, _sizes, _validate
+from ansible_collections.inferops.vllm.plugins.module_utils import _files, _gpu_ledger, _sizes, _validate
 
 
 def claims_from(module):
@@ -196,11 +209,7 @@ def main():
     path = p["path"]
 
     def observe():
-        try:
-            return _gpu_select.observe("auto", p["timeout"])[0]
-        except _gpu_select.BackendError as exc:
-            module.fail_json(msg="the GPUs could not be read to pick some for %s: %s" % (
-                ", ".join(c.name for c in claims if not c.pinned), exc))
+        return _gpu_ledger.read_gpus(p["timeout"])
 
     try:
         with _gpu_ledger.locked(path, module.check_mode):
@@ -216,6 +225,9 @@ def main():
     for name, gpus in sorted(report["unlisted"].items()):
         module.warn("the ledger %s gives GPU(s) %s to %s, which is not among this host's instances; they stay held "
                     "(it may still run): list it with state: absent once to free them" % (path, ", ".join(gpus), name))
+    if report["unchecked"]:
+        module.warn("the pinned GPUs of %s could not be checked (lost, MIG or unhealthy GPUs are refused when the GPUs "
+                    "can be read): %s" % (", ".join(sorted(c.name for c in claims if c.pinned)), report["unchecked"]))
     for name, move in sorted(report["moved"].items()):
         module.warn("%s moves from GPU(s) %s to %s" % (name, ", ".join(move["from"]), ", ".join(move["to"])))
     result = dict(changed=changed, **report)
