@@ -222,7 +222,7 @@ def test_sixteen_gpus_are_named_and_ordered_as_numbers(tmp_path):
     with pytest.raises(gl.LedgerError) as err:
         gl.assign(ledger, [gl.Claim(n, count=len(g)) if n != "e" else gl.Claim("e", pinned=["10"])
                            for n, g in ledger.items()] + [gl.Claim("f", count=2)], observer(obs), proc=str(tmp_path))
-    holders = [part.split(" held")[0] for part in str(err.value).split("(")[-1].split("; ")]
+    holders = [part.split(" held")[0] for part in str(err.value).rsplit("(", maxsplit=1)[-1].split("; ")]
     assert holders == sorted(holders, key=lambda h: int(h.split()[1]))  # GPU 2 before GPU 10
 
 

@@ -143,12 +143,22 @@ def test_a_gpu_whose_memory_awaits_retirement_is_not_chosen(monkeypatch, answers
 
 # ---- MIG ----
 
+def raising(code):
+    """An NVML answer that is the error `code`, whatever it is asked."""
+    def answer(*args):
+        raise pynvml.NVMLError(code)
+    return answer
+
+
 def mig_answers(parent, slots):
     """A MIG-enabled GPU `parent` with MIG devices in `slots` ({slot: used MiB})."""
+    def mig_device(handle, slot):
+        if slot not in slots:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return types.SimpleNamespace(index="%d/%d" % (parent, slot))
+
     answers = {("nvmlDeviceGetMigMode", parent): [1, 1], ("nvmlDeviceGetMaxMigDeviceCount", parent): 7,
-               ("nvmlDeviceGetMigDeviceHandleByIndex", parent): lambda handle, slot: (
-                   types.SimpleNamespace(index="%d/%d" % (parent, slot)) if slot in slots
-                   else (_ for _ in ()).throw(pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)))}
+               ("nvmlDeviceGetMigDeviceHandleByIndex", parent): mig_device}
     for slot, used in slots.items():
         name = "%d/%d" % (parent, slot)
         answers[("nvmlDeviceGetMemoryInfo", name)] = types.SimpleNamespace(
@@ -161,8 +171,7 @@ def mig_answers(parent, slots):
 
 def test_a_mig_enabled_gpu_is_never_handed_out_whole_and_its_mig_devices_are(monkeypatch):
     answers = mig_answers(0, {0: 17, 3: 9000})
-    answers[("nvmlDeviceGetUtilizationRates", 0)] = lambda handle: (_ for _ in ()).throw(
-        pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED))  # what NVML says under MIG
+    answers[("nvmlDeviceGetUtilizationRates", 0)] = raising(pynvml.NVML_ERROR_NOT_SUPPORTED)  # what NVML says under MIG
     FakeNvml(monkeypatch, count=2, answers=answers)
     obs = gs.read_nvml(5, with_topology=False)
     parent = obs["devices"][0]
@@ -194,8 +203,7 @@ def test_mig_being_disabled_pending_a_reset_is_still_mig(monkeypatch):
 
 def test_a_mig_device_whose_processes_cannot_be_listed_is_not_proven_idle(monkeypatch):
     answers = mig_answers(0, {0: 17})
-    answers[("nvmlDeviceGetComputeRunningProcesses", "0/0")] = lambda handle: (_ for _ in ()).throw(
-        pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION))
+    answers[("nvmlDeviceGetComputeRunningProcesses", "0/0")] = raising(pynvml.NVML_ERROR_NO_PERMISSION)
     FakeNvml(monkeypatch, count=1, answers=answers)
     obs = gs.read_nvml(5, with_topology=False)
     assert select(obs, mig="use")["gpus"] == [0]
