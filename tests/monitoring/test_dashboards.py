@@ -18,7 +18,8 @@ import sys
 import pytest
 import yaml
 
-from promql import HERE, ROOT, exported_metric_names, render, rules_of, selected_metrics, tool
+from promql import HERE, ROOT, exported_metric_names, rendered_variant, rules_of, selected_metrics, tool
+from renders import case_hosts, failure as host_failure, register, run_playbook, shared, succeeded
 
 DASHBOARDS = os.path.join(ROOT, "roles", "monitoring", "files", "grafana", "dashboards")
 # Grafana's own variables, and the values the lab test gives them.
@@ -96,10 +97,8 @@ def test_every_panel_is_on_the_grid_and_on_the_provisioned_datasource(name, prov
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    dest = tmp_path_factory.mktemp("rules")
-    result = render(dest)
-    assert result.returncode == 0, result.stdout[-3000:]
-    return {rule["record"] for rule in rules_of(dest) if "record" in rule}
+    """What the role's rules record with its defaults (rendered once for the session, promql.py)."""
+    return {rule["record"] for rule in rules_of(rendered_variant(tmp_path_factory, "defaults")) if "record" in rule}
 
 
 @pytest.mark.parametrize("name", sorted(dashboards()))
@@ -122,10 +121,35 @@ def test_every_query_is_promql_and_selects_only_exported_or_recorded_metrics(nam
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def render_grafana(out, extra=None):
-    return subprocess.run(["ansible-playbook", os.path.join(HERE, "render-grafana.yml"), "-i", "localhost,",
-                           "-e", json.dumps(dict({"out": str(out)}, **(extra or {})))],
-                          capture_output=True, text=True, timeout=300, check=False)
+def render_grafana(tmp, cases):
+    """Writes the provisioning files for each of `cases` ({name: options}) in one ansible-playbook run: one host
+    per case, named after it, with its options (read by the playbook's include_vars, so that they override the
+    role's defaults as -e would) and tmp/NAME as its `out`. Returns the run's returncode, stdout and stderr."""
+    hosts = case_hosts(tmp, cases, lambda case: {"out": str(case)})
+    return run_playbook(os.path.join(HERE, "render-grafana.yml"), {"all": {"hosts": hosts}}, tmp / "inventory.yml",
+                        {})
+
+
+# The option sets whose files the tests only read, written in one run for the whole session.
+VARIANTS = {
+    "defaults": {},
+    "basic-auth": {
+        "monitoring_prometheus_basic_auth_users": {"grafana": "$2y$10$" + "a" * 53},
+        "monitoring_prometheus_listen_address": "10.0.0.5:9443",
+        "monitoring_prometheus_tls_cert_src": "/nonexistent/web.crt", "monitoring_prometheus_tls_key_src": "x",
+        "monitoring_grafana_prometheus_user": "grafana", "monitoring_grafana_prometheus_password": PASSWORD,
+        "monitoring_grafana_group": "root"},
+}
+
+
+GRAFANA_VARIANTS = register("grafana-variants", lambda tmp: render_grafana(tmp, VARIANTS), 10)
+
+
+def variant(tmp_path_factory, name):
+    """The run that wrote VARIANTS (the test fails here unless `name`'s host succeeded) and `name`'s `out`."""
+    directory, result = shared(tmp_path_factory, GRAFANA_VARIANTS)
+    succeeded(result, name)
+    return result, directory / name
 
 
 def read_provisioning(out):
@@ -139,9 +163,7 @@ def read_provisioning(out):
 
 @pytest.fixture(scope="module")
 def provisioned(tmp_path_factory):
-    out = tmp_path_factory.mktemp("grafana")
-    result = render_grafana(out)
-    assert result.returncode == 0, result.stdout[-3000:]
+    _result, out = variant(tmp_path_factory, "defaults")
     files = read_provisioning(out)
     files["out"] = out
     return files
@@ -158,15 +180,10 @@ def test_the_provisioning_points_grafana_at_this_prometheus_and_at_the_dashboard
     assert mode == 0o644
 
 
-def test_basic_auth_and_tls_reach_the_datasource_and_the_password_stays_out_of_the_output(tmp_path):
-    result = render_grafana(tmp_path, {
-        "monitoring_prometheus_basic_auth_users": {"grafana": "$2y$10$" + "a" * 53},
-        "monitoring_prometheus_listen_address": "10.0.0.5:9443",
-        "monitoring_prometheus_tls_cert_src": "/nonexistent/web.crt", "monitoring_prometheus_tls_key_src": "x",
-        "monitoring_grafana_prometheus_user": "grafana", "monitoring_grafana_prometheus_password": PASSWORD,
-        "monitoring_grafana_group": "root"})
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert PASSWORD not in result.stdout + result.stderr
+def test_basic_auth_and_tls_reach_the_datasource_and_the_password_stays_out_of_the_output(tmp_path_factory):
+    assert VARIANTS["basic-auth"]["monitoring_grafana_prometheus_password"] == PASSWORD
+    result, tmp_path = variant(tmp_path_factory, "basic-auth")
+    assert PASSWORD not in result["stdout"] + result["stderr"]
     datasource = read_provisioning(tmp_path)["datasource"]
     assert datasource["url"] == "https://10.0.0.5:9443"
     assert datasource["basicAuth"] is True and datasource["basicAuthUser"] == "grafana"
@@ -176,7 +193,7 @@ def test_basic_auth_and_tls_reach_the_datasource_and_the_password_stays_out_of_t
     assert mode == 0o640
 
 
-@pytest.mark.parametrize("extra", [
+BAD_OPTIONS = [
     {"monitoring_grafana_provisioning_dir": "etc/grafana"},
     {"monitoring_grafana_dashboards_dir": "/var/lib/grafana/../../etc"},
     {"monitoring_grafana_prometheus_url": "ftp://prometheus"},
@@ -185,13 +202,27 @@ def test_basic_auth_and_tls_reach_the_datasource_and_the_password_stays_out_of_t
     {"monitoring_prometheus_basic_auth_users": {"admin": "$2y$10$" + "a" * 53}},
     {"monitoring_prometheus_basic_auth_users": {"admin": "$2y$10$" + "a" * 53},
      "monitoring_grafana_prometheus_user": "grafana", "monitoring_grafana_prometheus_password": PASSWORD},
-])
-def test_bad_options_are_refused_before_anything_is_written(tmp_path, extra):
-    result = render_grafana(tmp_path, extra)
-    assert result.returncode != 0
+]
+
+
+# BAD_OPTIONS written in one run for the whole session, host caseN for BAD_OPTIONS[N]: each fails on its own.
+GRAFANA_REFUSALS = register("grafana-refusals", lambda tmp: render_grafana(
+    tmp, {"case%d" % index: extra for index, extra in enumerate(BAD_OPTIONS)}), 1)
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    return shared(tmp_path_factory, GRAFANA_REFUSALS)
+
+
+@pytest.mark.parametrize("extra", BAD_OPTIONS)
+def test_bad_options_are_refused_before_anything_is_written(refusals, extra):
+    directory, result = refusals
+    host = "case%d" % BAD_OPTIONS.index(extra)
+    failure = host_failure(result, host)
+    assert result["returncode"] != 0
     # The message itself, not the task's source that Ansible shows beside it.
-    assert "are set together, and when Prometheus asks for basic auth" in " ".join(result.stdout.split()), \
-        result.stdout[-3000:]
-    assert PASSWORD not in result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    assert not (tmp_path / "provisioning").exists()
+    assert "are set together, and when Prometheus asks for basic auth" in " ".join(failure.split()), failure
+    assert PASSWORD not in result["stdout"] + result["stderr"]
+    assert "Traceback" not in result["stdout"] + result["stderr"]
+    assert not (directory / host / "provisioning").exists()

@@ -11,17 +11,18 @@
 """
 import csv
 import io
-import json
 import os
 import re
-import subprocess
 
 import pytest
 import yaml
 
 from monitoring_sources import DCGM_EXPORTER_METRICS
-from promql import HERE, render as render_rules, selected_metrics
-from test_prometheus_config import INVENTORY, jobs, load, render as render_config
+from promql import DCGM_WITHOUT_VERSION, HERE, refused as refused_rules, rendered_variant, selected_metrics
+from promql import VARIANTS as RULES_VARIANTS
+from renders import case_hosts, failure as host_failure, register, run_playbook, shared, succeeded
+from test_prometheus_config import VARIANTS as CONFIG_VARIANTS
+from test_prometheus_config import jobs, load, variant as config_variant
 
 # The fields the GPU alerts and dashboards need (docs/gpu-metrics.md, "Using dcgm-exporter").
 REQUIRED = {"DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP",
@@ -36,14 +37,35 @@ TARGET_LABELS = {"job", "instance", "host"}
 DCGM = {"monitoring_gpu_metrics": "dcgm", "monitoring_dcgm_version": "3.3.9"}
 
 
-def render_counters(tmp_path, extra=None):
-    out = tmp_path / "out"
-    out.mkdir()
-    args = dict(DCGM, out=str(out))
-    args.update(extra or {})
-    result = subprocess.run(["ansible-playbook", os.path.join(HERE, "render-dcgm.yml"), "-i", "localhost,",
-                             "-e", json.dumps(args)], capture_output=True, text=True, timeout=300, check=False)
-    return result, out
+def render_counters(tmp, cases):
+    """Renders the counters file and drop-in for each of `cases` ({name: options}, each over DCGM) in one
+    ansible-playbook run: one host per case, named after it, with its options (read by the playbook's
+    include_vars, so that they override the role's defaults as -e would) and tmp/NAME/out as its `out`. Returns
+    the run's returncode, stdout and stderr."""
+    def directories(case):
+        (case / "out").mkdir()
+        return dict(DCGM, out=str(case / "out"))
+
+    hosts = case_hosts(tmp, cases, directories)
+    return run_playbook(os.path.join(HERE, "render-dcgm.yml"), {"all": {"hosts": hosts}}, tmp / "inventory.yml", {})
+
+
+VERSIONS = [("3.1.8", OLD_REASONS), ("3.2.6", OLD_REASONS), ("3.3.0", NEW_REASONS), ("3.3.9", NEW_REASONS),
+            ("4.2.3", NEW_REASONS)]
+# The option sets whose files the tests only read, rendered in one run for the whole session: one per version
+# (3.3.9 is DCGM's own), and another counters file.
+VARIANTS = dict({version: {"monitoring_dcgm_version": version} for version, _reasons in VERSIONS},
+                dropin={"monitoring_dcgm_counters_file": "/etc/dcgm-exporter/x.csv"})
+
+
+DCGM_VARIANTS = register("dcgm-variants", lambda tmp: render_counters(tmp, VARIANTS), 10)
+
+
+def rendered(tmp_path_factory, name):
+    """The `out` of VARIANTS[name] (the test fails here unless it rendered)."""
+    directory, result = shared(tmp_path_factory, DCGM_VARIANTS)
+    succeeded(result, name)
+    return directory / name / "out"
 
 
 def counters(text):
@@ -80,12 +102,9 @@ def fixture():
         return families(handle.read())
 
 
-@pytest.mark.parametrize("version, reasons", [("3.1.8", OLD_REASONS), ("3.2.6", OLD_REASONS),
-                                              ("3.3.0", NEW_REASONS), ("3.3.9", NEW_REASONS),
-                                              ("4.2.3", NEW_REASONS)])
-def test_the_counters_file_parses_and_enables_every_required_field(tmp_path, version, reasons):
-    result, out = render_counters(tmp_path, {"monitoring_dcgm_version": version})
-    assert result.returncode == 0, result.stdout[-3000:]
+@pytest.mark.parametrize("version, reasons", VERSIONS)
+def test_the_counters_file_parses_and_enables_every_required_field(tmp_path_factory, version, reasons):
+    out = rendered(tmp_path_factory, version)
     text = (out / "counters.csv").read_text()
     # Go's csv reader wants the same number of fields on every record: three, "2 commas" (dcgm-exporter README).
     for line in text.splitlines():
@@ -103,16 +122,17 @@ def test_the_counters_file_parses_and_enables_every_required_field(tmp_path, ver
     assert dict((row[0], row[1]) for row in rows)["DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"] == "counter"
 
 
-def test_the_drop_in_points_the_unit_at_the_counters_file(tmp_path):
-    result, out = render_counters(tmp_path, {"monitoring_dcgm_counters_file": "/etc/dcgm-exporter/x.csv"})
-    assert result.returncode == 0, result.stdout[-3000:]
+def test_the_drop_in_points_the_unit_at_the_counters_file(tmp_path_factory):
+    assert VARIANTS["dropin"] == {"monitoring_dcgm_counters_file": "/etc/dcgm-exporter/x.csv"}
+    out = rendered(tmp_path_factory, "dropin")
     lines = [line for line in (out / "dropin.conf").read_text().splitlines() if line and not line.startswith("#")]
     assert lines == ["[Service]", "Environment=DCGM_EXPORTER_COLLECTORS=/etc/dcgm-exporter/x.csv"]
 
 
-def test_the_fixture_is_what_the_counters_file_makes_dcgm_exporter_export(tmp_path):
-    result, out = render_counters(tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:]
+def test_the_fixture_is_what_the_counters_file_makes_dcgm_exporter_export(tmp_path_factory):
+    # DCGM as it is: its version's case.
+    assert VARIANTS[DCGM["monitoring_dcgm_version"]] == {"monitoring_dcgm_version": DCGM["monitoring_dcgm_version"]}
+    out = rendered(tmp_path_factory, DCGM["monitoring_dcgm_version"])
     rows = counters((out / "counters.csv").read_text())
     exported = fixture()
     # One family per row, named after the field, with the row's type and help.
@@ -152,34 +172,33 @@ def test_every_dcgm_series_of_the_promtool_cases_is_one_the_exporter_exports():
 
 
 @pytest.mark.parametrize("version, reasons", [("3.2.6", OLD_REASONS), ("3.3.9", NEW_REASONS)])
-def test_the_rules_select_only_fields_the_counters_file_enables(tmp_path, version, reasons):
-    result = render_rules(tmp_path / "rules", {"monitoring_gpu_metrics": "dcgm", "monitoring_dcgm_version": version})
-    assert result.returncode == 0, result.stdout[-3000:]
-    with open(str(tmp_path / "rules" / "inferops-dcgm.rules.yml")) as handle:
+def test_the_rules_select_only_fields_the_counters_file_enables(tmp_path_factory, version, reasons):
+    # The rules and the counters file, each rendered once for the session (promql.py's and this file's).
+    rules = {"3.2.6": "dcgm-3.2.6", "3.3.9": "dcgm"}[version]
+    assert RULES_VARIANTS[rules] == {"monitoring_gpu_metrics": "dcgm", "monitoring_dcgm_version": version}
+    with open(str(rendered_variant(tmp_path_factory, rules) / "inferops-dcgm.rules.yml")) as handle:
         mapping = [rule for group in yaml.safe_load(handle)["groups"] for rule in group["rules"]]
     selected = set()
     for rule in mapping:
         selected |= selected_metrics(rule["expr"])
-    result, out = render_counters(tmp_path, {"monitoring_dcgm_version": version})
-    assert result.returncode == 0, result.stdout[-3000:]
+    out = rendered(tmp_path_factory, version)
     enabled = {row[0] for row in counters((out / "counters.csv").read_text())}
     assert selected - {"up"} <= enabled
     assert reasons in selected
 
 
-def test_without_dcgm_there_are_no_dcgm_rules(tmp_path):
-    result = render_rules(tmp_path / "rules")
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert not (tmp_path / "rules" / "inferops-dcgm.rules.yml").exists()
-    assert (tmp_path / "rules" / "inferops-gpu.rules.yml").exists()
+def test_without_dcgm_there_are_no_dcgm_rules(tmp_path_factory):
+    assert RULES_VARIANTS["defaults"] == {}
+    rules = rendered_variant(tmp_path_factory, "defaults")
+    assert not (rules / "inferops-dcgm.rules.yml").exists()
+    assert (rules / "inferops-gpu.rules.yml").exists()
 
 
-def test_prometheus_scrapes_dcgm_exporter_on_the_gpu_hosts(tmp_path):
-    hosts = yaml.safe_load(yaml.safe_dump(INVENTORY))
-    hosts["all"]["children"]["gpu_hosts"]["hosts"]["gpu-c"]["monitoring_dcgm_exporter_port"] = 9500
-    result, out = render_config(tmp_path, DCGM, hosts)
-    assert result.returncode == 0, result.stdout[-4000:]
-    config = jobs(load(out, "prometheus.yml"))
+def test_prometheus_scrapes_dcgm_exporter_on_the_gpu_hosts(tmp_path_factory):
+    # test_prometheus_config.py's INVENTORY, where gpu-c sets the port of its dcgm-exporter, with DCGM.
+    assert CONFIG_VARIANTS["dcgm"] == DCGM
+    _result, case = config_variant(tmp_path_factory, "dcgm")
+    config = jobs(load(case / "out", "prometheus.yml"))
     assert config["dcgm"] == {"job_name": "dcgm", "static_configs": [
         {"targets": ["10.0.0.5:9400"], "labels": {"host": "gpu-a"}},
         {"targets": ["gpu-b.internal:9400"], "labels": {"host": "gpu-b"}},
@@ -188,13 +207,12 @@ def test_prometheus_scrapes_dcgm_exporter_on_the_gpu_hosts(tmp_path):
     assert [c["labels"]["host"] for c in config["node"]["static_configs"]] == ["gpu-a", "gpu-b", "gpu-c"]
 
 
-def test_without_dcgm_there_is_no_dcgm_job(tmp_path):
-    result, out = render_config(tmp_path)
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert "dcgm" not in jobs(load(out, "prometheus.yml"))
+def test_without_dcgm_there_is_no_dcgm_job(tmp_path_factory):
+    _result, case = config_variant(tmp_path_factory, "defaults")
+    assert "dcgm" not in jobs(load(case / "out", "prometheus.yml"))
 
 
-@pytest.mark.parametrize("extra, named", [
+BAD_OPTIONS = [
     ({"monitoring_dcgm_version": ""}, "monitoring_dcgm_version"),
     ({"monitoring_dcgm_version": "latest"}, "monitoring_dcgm_version"),
     ({"monitoring_dcgm_version": "3.3\n"}, "monitoring_dcgm_version"),
@@ -203,17 +221,34 @@ def test_without_dcgm_there_is_no_dcgm_job(tmp_path):
     ({"monitoring_dcgm_exporter_service": "dcgm exporter"}, "monitoring_dcgm_exporter_service"),
     ({"monitoring_dcgm_exporter_port": "9400"}, "monitoring_dcgm_exporter_port"),
     ({"monitoring_dcgm_exporter_port": 70000}, "monitoring_dcgm_exporter_port"),
-])
-def test_bad_dcgm_options_are_refused_before_anything_is_written(tmp_path, extra, named):
-    result, out = render_counters(tmp_path, extra)
-    assert result.returncode != 0
-    assert named in result.stdout, result.stdout[-3000:]
-    assert "Traceback" not in result.stdout + result.stderr
-    assert not (out / "counters.csv").exists()
+]
 
 
-def test_the_rules_refuse_dcgm_without_a_version(tmp_path):
-    result = render_rules(tmp_path / "rules", {"monitoring_gpu_metrics": "dcgm"})
-    assert result.returncode != 0
-    assert "monitoring_dcgm_version" in result.stdout, result.stdout[-3000:]
-    assert not (tmp_path / "rules").exists()
+# BAD_OPTIONS rendered in one run for the whole session, host caseN for BAD_OPTIONS[N]: each fails on its own.
+DCGM_REFUSALS = register("dcgm-refusals", lambda tmp: render_counters(
+    tmp, {"case%d" % index: extra for index, (extra, _named) in enumerate(BAD_OPTIONS)}), 2)
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    return shared(tmp_path_factory, DCGM_REFUSALS)
+
+
+@pytest.mark.parametrize("extra, named", BAD_OPTIONS)
+def test_bad_dcgm_options_are_refused_before_anything_is_written(refusals, extra, named):
+    directory, result = refusals
+    host = "case%d" % BAD_OPTIONS.index((extra, named))
+    failure = host_failure(result, host)
+    assert result["returncode"] != 0
+    assert named in failure, failure
+    assert "Traceback" not in result["stdout"] + result["stderr"]
+    assert not (directory / host / "out" / "counters.csv").exists()
+
+
+def test_the_rules_refuse_dcgm_without_a_version(tmp_path_factory):
+    # Rendered with test_rules.py's refused settings, one run for the session (promql.py).
+    assert DCGM_WITHOUT_VERSION == ({"monitoring_gpu_metrics": "dcgm"}, "monitoring_dcgm_version")
+    result, failure, rules = refused_rules(tmp_path_factory, *DCGM_WITHOUT_VERSION)
+    assert result["returncode"] != 0
+    assert "monitoring_dcgm_version" in failure, failure
+    assert not rules.exists()

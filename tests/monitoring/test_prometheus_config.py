@@ -2,16 +2,15 @@
 templates and checked by Debian's promtool and amtool: the targets and their labels come from the inventory
 (vllm_instances of vllm_hosts, the node exporters of gpu_hosts), instances that serve HTTPS are scraped over HTTPS
 under the same job, and bad options are refused by the role's checks before anything is written."""
-import fcntl
 import json
 import os
-import re
 import shutil
 import subprocess
 
 import pytest
 import yaml
 
+from renders import case_hosts, failure as host_failure, register, run_playbook, shared, succeeded
 from test_rules import tool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,23 +55,8 @@ def render(tmp_path, extra=None, hosts=None):
     return result, out
 
 
-def shared(tmp_path_factory, name, produce):
-    """Runs produce(directory) (which returns something JSON can write) once for the whole test session, even
-    when pytest-xdist's workers share it: they share the parent of their base temporary directories, and the
-    first one there runs it under a lock while the others wait, then read what it wrote. Returns the directory
-    and that result."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    directory = base / name
-    with open(str(base / (name + ".lock")), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = directory / "result.json"
-        if not done.exists():
-            shutil.rmtree(str(directory), ignore_errors=True)  # what a run that raised left
-            directory.mkdir()
-            done.write_text(json.dumps(produce(directory)))
-        return directory, json.loads(done.read_text())
+def tools():
+    return {"promtool": tool("promtool"), "amtool": tool("amtool"), "blackbox": tool("prometheus-blackbox-exporter")}
 
 
 def render_cases(tmp, cases):
@@ -80,36 +64,39 @@ def render_cases(tmp, cases):
     has the options cases[N] (read by the playbook's include_vars, so that they override the role's defaults as
     -e does in render()) and its own tmp/caseN/out. Returns the CompletedProcess's returncode, stdout and
     stderr."""
-    hosts = {}
-    for index, extra in enumerate(cases):
-        case = tmp / ("case%d" % index)
-        (case / "out").mkdir(parents=True)
-        (case / "vars.json").write_text(json.dumps(extra))
-        hosts["case%d" % index] = {"ansible_connection": "local", "out": str(case / "out"),
-                                   "render_case_vars": str(case / "vars.json")}
+    hosts = case_hosts(tmp, {"case%d" % index: extra for index, extra in enumerate(cases)},
+                       lambda case: (case / "out").mkdir() or {"out": str(case / "out")})
     inventory = json.loads(json.dumps(INVENTORY))
     inventory["all"]["children"]["monitoring_hosts"] = {"hosts": hosts}
-    (tmp / "inventory.yml").write_text(yaml.safe_dump(inventory))
     (tmp / "tls").mkdir()
-    args = {"promtool": tool("promtool"), "amtool": tool("amtool"), "blackbox": tool("prometheus-blackbox-exporter"),
-            "monitoring_prometheus_tls_dir": str(tmp / "tls"), "monitoring_prometheus_rules_dir": str(tmp / "rules")}
-    result = subprocess.run(["ansible-playbook", os.path.join(HERE, "render-prometheus.yml"), "-i",
-                             str(tmp / "inventory.yml"), "-e", json.dumps(args)], capture_output=True, text=True,
-                            timeout=600, check=False)
-    return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+    args = dict(tools(), monitoring_prometheus_tls_dir=str(tmp / "tls"),
+                monitoring_prometheus_rules_dir=str(tmp / "rules"))
+    return run_playbook(os.path.join(HERE, "render-prometheus.yml"), inventory, tmp / "inventory.yml", args)
 
 
-def failures(stdout):
-    """{host: (the errors printed in its task's section, what is printed under `fatal: [host]: FAILED! =>`)}.
-    ansible-core 2.19 prints a failed assert's message on an `[ERROR]: Task failed: ...` line (even where no_log
-    hides the result), but each message once, for the first host that meets it: a host's error is the one of the
-    section of the task it failed in, which says whose it is only where the section has one."""
-    found = {}
-    for section in re.split(r"^(?=TASK \[|PLAY RECAP)", stdout, flags=re.M):
-        errors = re.findall(r"^\[ERROR\]: .*", section, re.M)
-        for host, result in re.findall(r"^fatal: \[(case\d+)\]: FAILED! => *\n((?:    .*\n)+)", section, re.M):
-            found[host] = (errors, result)
-    return found
+def render_variants(tmp, cases, inventory=None, common=None):
+    """What render() does for each of `cases` ({name: options}), in one ansible-playbook run: a monitoring host
+    per case, named after it, with its options (read by the playbook's include_vars, so that they override the
+    role's defaults as -e does in render()) and, as render() makes them, tmp/NAME/out, tmp/NAME/tls with a web
+    certificate and tmp/NAME/rules. The `inventory` (default INVENTORY) gets these monitoring hosts; `common`
+    options go to -e, for every host. Returns the run's returncode, stdout and stderr."""
+    web = tmp / "web"
+    web.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(web / "web.key"),
+                    "-out", str(web / "web.crt"), "-days", "2", "-subj", "/CN=mon-1"], check=True,
+                   capture_output=True)
+
+    def directories(case):
+        (case / "out").mkdir()
+        shutil.copytree(str(web), str(case / "tls"))
+        return {"out": str(case / "out"), "monitoring_prometheus_tls_dir": str(case / "tls"),
+                "monitoring_prometheus_rules_dir": str(case / "rules")}
+
+    hosts = case_hosts(tmp, cases, directories)
+    inventory = json.loads(json.dumps(inventory or INVENTORY))
+    inventory["all"]["children"]["monitoring_hosts"] = {"hosts": hosts}
+    return run_playbook(os.path.join(HERE, "render-prometheus.yml"), inventory, tmp / "inventory.yml",
+                        dict(tools(), **(common or {})))
 
 
 def load(out, name):
@@ -121,15 +108,56 @@ def jobs(config):
     return {job["job_name"]: job for job in config["scrape_configs"]}
 
 
+# The option sets of the tests that only read what was rendered for INVENTORY, rendered in one run for the whole
+# session (render_variants): test_tls_probe.py and test_dcgm.py read theirs too (test_tls_probe.py writes the CA
+# and a certificate into the tls directory of vllm-ca, as the role's CA task would: none of these files is read
+# here). gpu-c also sets the port of its
+# dcgm-exporter, which only the dcgm case's configuration may show.
+VARIANTS = {
+    "defaults": {},
+    "webhook": {"monitoring_alertmanager_webhook_url": "https://hooks.example.internal/T0K3N-in-path"},
+    "listen-addresses": {"monitoring_alertmanager_listen_address": "10.1.2.3:9093",
+                         "monitoring_prometheus_listen_address": "[::]:9090"},
+    "web-tls-auth": {"monitoring_prometheus_tls_cert_src": "web.crt", "monitoring_prometheus_tls_key_src": "web.key",
+                     "monitoring_prometheus_basic_auth_users": {"ops": "$2y$10$" + "a" * 53},
+                     "monitoring_prometheus_vllm_ca_src": "ca.crt"},
+    "vllm-ca": {"monitoring_prometheus_vllm_ca_src": "ca.crt"},
+    "vllm-and-gateway-ca": {"monitoring_prometheus_vllm_ca_src": "ca.crt",
+                            "monitoring_prometheus_gateway_ca_src": "gateway-ca.crt"},
+    "gateway-ca": {"monitoring_prometheus_gateway_ca_src": "gateway-ca.crt"},
+    "extra-endpoints": {"monitoring_tls_probe_targets": [
+        {"address": "gw.example.internal:7654", "name": "gateway", "host": "gw-1"},
+        {"address": "[fd00::9]:443", "name": "edge"},
+        {"address": "10.0.0.9:8443", "name": "lb"}], "monitoring_blackbox_listen_address": "0.0.0.0:9200"},
+    # test_dcgm.py's
+    "dcgm": {"monitoring_gpu_metrics": "dcgm", "monitoring_dcgm_version": "3.3.9"},
+}
+
+
+def variants_inventory():
+    inventory = json.loads(json.dumps(INVENTORY))
+    inventory["all"]["children"]["gpu_hosts"]["hosts"]["gpu-c"]["monitoring_dcgm_exporter_port"] = 9500
+    return inventory
+
+
+PROMETHEUS_VARIANTS = register("prometheus-variants",
+                               lambda tmp: render_variants(tmp, VARIANTS, variants_inventory()), 40)
+
+
+def variant(tmp_path_factory, name):
+    """The case `name` of VARIANTS, rendered once for the session with the others: the run's returncode, stdout
+    and stderr (the test fails here unless the case rendered) and the case's directory (its out/, tls/ and
+    rules/, as render()'s)."""
+    directory, result = shared(tmp_path_factory, PROMETHEUS_VARIANTS)
+    succeeded(result, name)
+    return result, directory / name
+
+
 @pytest.fixture(scope="module")
 def defaults(tmp_path_factory):
     """The configurations for INVENTORY with no options set, rendered once for the tests that only read them:
     the directory it was rendered in, the run's returncode and stdout, and its output directory."""
-    def produce(directory):
-        result, _out = render(directory)
-        return {"returncode": result.returncode, "stdout": result.stdout}
-
-    directory, result = shared(tmp_path_factory, "defaults", produce)
+    result, directory = variant(tmp_path_factory, "defaults")
     return directory, result, directory / "out"
 
 
@@ -158,36 +186,32 @@ def test_targets_and_labels_come_from_the_inventory(defaults):
     assert whole["global"] == {"scrape_interval": "15s", "evaluation_interval": "15s"}
 
 
-def test_without_a_webhook_alerts_go_nowhere_and_with_one_they_go_there(defaults, tmp_path):
+def test_without_a_webhook_alerts_go_nowhere_and_with_one_they_go_there(defaults, tmp_path_factory):
     _tmp, result, out = defaults
     assert result["returncode"] == 0, result["stdout"][-4000:]
     assert load(out, "alertmanager.yml")["receivers"] == [{"name": "default"}]
     assert load(out, "web.yml") == {}
 
     url = "https://hooks.example.internal/T0K3N-in-path"
-    result, out = render(tmp_path, {"monitoring_alertmanager_webhook_url": url})
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert load(out, "alertmanager.yml")["receivers"] == [
+    assert VARIANTS["webhook"] == {"monitoring_alertmanager_webhook_url": url}
+    result, case = variant(tmp_path_factory, "webhook")
+    assert load(case / "out", "alertmanager.yml")["receivers"] == [
         {"name": "default", "webhook_configs": [{"url": url, "send_resolved": True}]}]
-    assert "T0K3N" not in result.stdout
+    assert "T0K3N" not in result["stdout"]
 
 
-def test_alertmanager_is_reached_on_the_address_it_listens_on(tmp_path):
-    result, out = render(tmp_path, {"monitoring_alertmanager_listen_address": "10.1.2.3:9093",
-                                    "monitoring_prometheus_listen_address": "[::]:9090"})
-    assert result.returncode == 0, result.stdout[-4000:]
-    whole = load(out, "prometheus.yml")
+def test_alertmanager_is_reached_on_the_address_it_listens_on(tmp_path_factory):
+    _result, case = variant(tmp_path_factory, "listen-addresses")
+    whole = load(case / "out", "prometheus.yml")
     assert whole["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["10.1.2.3:9093"]
     assert jobs(whole)["prometheus"]["static_configs"][0]["targets"] == ["127.0.0.1:9090"]
 
 
-def test_tls_and_basic_auth_on_the_web_interface(tmp_path):
+def test_tls_and_basic_auth_on_the_web_interface(tmp_path_factory):
     users = {"ops": "$2y$10$" + "a" * 53}
-    result, out = render(tmp_path, {"monitoring_prometheus_tls_cert_src": "web.crt",
-                                    "monitoring_prometheus_tls_key_src": "web.key",
-                                    "monitoring_prometheus_basic_auth_users": users,
-                                    "monitoring_prometheus_vllm_ca_src": "ca.crt"})
-    assert result.returncode == 0, result.stdout[-4000:]
+    assert VARIANTS["web-tls-auth"]["monitoring_prometheus_basic_auth_users"] == users
+    result, tmp_path = variant(tmp_path_factory, "web-tls-auth")
+    out = tmp_path / "out"
     web = load(out, "web.yml")
     assert web["basic_auth_users"] == users
     assert web["tls_server_config"] == {"cert_file": str(tmp_path / "tls" / "web.crt"),
@@ -196,7 +220,7 @@ def test_tls_and_basic_auth_on_the_web_interface(tmp_path):
     # With basic auth on, Prometheus does not scrape itself (it would need the password in its own config).
     assert "prometheus" not in config
     assert config["vllm_https"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "vllm-ca.crt")}
-    assert "$2y$10$" not in result.stdout
+    assert "$2y$10$" not in result["stdout"]
 
 
 BAD_OPTIONS = [
@@ -272,39 +296,34 @@ def test_the_tls_job_probes_every_https_instance_through_the_blackbox_exporter(d
     assert 'ARGS="--config.file=/etc/prometheus/blackbox.yml --web.listen-address=127.0.0.1:9115"' in flags
 
 
-def test_the_probe_verifies_with_the_instances_ca_when_there_is_one(tmp_path):
-    result, out = render(tmp_path, {"monitoring_prometheus_vllm_ca_src": "ca.crt"})
-    assert result.returncode == 0, result.stdout[-4000:]
-    modules = load(out, "blackbox.yml")["modules"]
+def test_the_probe_verifies_with_the_instances_ca_when_there_is_one(tmp_path_factory):
+    _result, tmp_path = variant(tmp_path_factory, "vllm-ca")
+    modules = load(tmp_path / "out", "blackbox.yml")["modules"]
     assert modules["tls_connect"]["tcp"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "vllm-ca.crt")}
     # Not the gateways: the instances' CA does not sign them.
     assert modules["tls_connect_gateway"]["tcp"]["tls_config"] == {"insecure_skip_verify": True}
 
 
-def test_the_probe_verifies_the_gateways_with_their_own_ca(tmp_path):
-    result, out = render(tmp_path, {"monitoring_prometheus_vllm_ca_src": "ca.crt",
-                                    "monitoring_prometheus_gateway_ca_src": "gateway-ca.crt"})
-    assert result.returncode == 0, result.stdout[-4000:]
-    modules = load(out, "blackbox.yml")["modules"]
+def test_the_probe_verifies_the_gateways_with_their_own_ca(tmp_path_factory):
+    _result, tmp_path = variant(tmp_path_factory, "vllm-and-gateway-ca")
+    modules = load(tmp_path / "out", "blackbox.yml")["modules"]
     assert modules["tls_connect"]["tcp"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "vllm-ca.crt")}
     assert modules["tls_connect_gateway"]["tcp"]["tls_config"] == {"ca_file": str(tmp_path / "tls" / "gateway-ca.crt")}
 
-    other = tmp_path / "gateway-only"
-    other.mkdir()
-    result, out = render(other, {"monitoring_prometheus_gateway_ca_src": "gateway-ca.crt"})
-    assert result.returncode == 0, result.stdout[-4000:]
-    modules = load(out, "blackbox.yml")["modules"]
+    _result, other = variant(tmp_path_factory, "gateway-ca")
+    modules = load(other / "out", "blackbox.yml")["modules"]
     assert modules["tls_connect"]["tcp"]["tls_config"] == {"insecure_skip_verify": True}
     assert modules["tls_connect_gateway"]["tcp"]["tls_config"] == {"ca_file": str(other / "tls" / "gateway-ca.crt")}
 
 
-def test_extra_endpoints_are_probed_with_their_own_labels(tmp_path):
+def test_extra_endpoints_are_probed_with_their_own_labels(tmp_path_factory):
     extra = [{"address": "gw.example.internal:7654", "name": "gateway", "host": "gw-1"},
              {"address": "[fd00::9]:443", "name": "edge"},
              {"address": "10.0.0.9:8443", "name": "lb"}]
-    result, out = render(tmp_path, {"monitoring_tls_probe_targets": extra,
-                                    "monitoring_blackbox_listen_address": "0.0.0.0:9200"})
-    assert result.returncode == 0, result.stdout[-4000:]
+    assert VARIANTS["extra-endpoints"] == {"monitoring_tls_probe_targets": extra,
+                                           "monitoring_blackbox_listen_address": "0.0.0.0:9200"}
+    _result, case = variant(tmp_path_factory, "extra-endpoints")
+    out = case / "out"
     tls = jobs(load(out, "prometheus.yml"))["tls"]
     # The extra endpoints are probed with the instances' module (their CA).
     assert tls["static_configs"] == [
@@ -317,21 +336,29 @@ def test_extra_endpoints_are_probed_with_their_own_labels(tmp_path):
     assert "--web.listen-address=0.0.0.0:9200" in (out / "blackbox.defaults").read_text()
 
 
-def test_without_https_endpoints_there_is_no_tls_job(tmp_path):
-    # vllm_tls_cert_src as an extra var overrides gpu-b's: every instance serves plain HTTP.
-    result, out = render(tmp_path, {"vllm_tls_cert_src": ""})
-    assert result.returncode == 0, result.stdout[-4000:]
-    config = jobs(load(out, "prometheus.yml"))
+# INVENTORY rendered with vllm_tls_cert_src as an extra var, which overrides gpu-b's: every instance serves plain
+# HTTP. Two cases in one run: no other option, and an extra endpoint to probe.
+WITHOUT_HTTPS = register("prometheus-without-https", lambda tmp: render_variants(tmp, {
+    "plain": {},
+    "extra-endpoint": {"monitoring_tls_probe_targets": [{"address": "gw:7654", "name": "gateway"}]},
+}, common={"vllm_tls_cert_src": ""}), 9)
+
+
+@pytest.fixture(scope="module")
+def without_https(tmp_path_factory):
+    return shared(tmp_path_factory, WITHOUT_HTTPS)
+
+
+def test_without_https_endpoints_there_is_no_tls_job(without_https):
+    directory, result = without_https
+    succeeded(result, "plain")
+    config = jobs(load(directory / "plain" / "out", "prometheus.yml"))
     assert "tls" not in config
     assert "vllm_https" in config and config["vllm_https"]["static_configs"] == []
     assert len(config["vllm"]["static_configs"]) == 3
 
-    other = tmp_path / "second"
-    other.mkdir()
-    result, out = render(other, {"vllm_tls_cert_src": "",
-                                 "monitoring_tls_probe_targets": [{"address": "gw:7654", "name": "gateway"}]})
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert jobs(load(out, "prometheus.yml"))["tls"]["static_configs"] == [
+    succeeded(result, "extra-endpoint")
+    assert jobs(load(directory / "extra-endpoint" / "out", "prometheus.yml"))["tls"]["static_configs"] == [
         {"targets": ["gw:7654"], "labels": {"host": "gw", "endpoint": "gateway", **VLLM_MODULE}}]
 
 
@@ -362,12 +389,15 @@ BAD_TLS_PROBE_OPTIONS = [
 ]
 
 
+# The bad options of test_bad_options_are_refused_before_anything_is_written and the test below, rendered in one
+# run, one monitoring host per case (the TLS probe's after the others): each host fails on its own.
+REFUSALS = register("prometheus-refusals", lambda tmp: render_cases(
+    tmp, [extra for extra, _named in BAD_OPTIONS + BAD_TLS_PROBE_OPTIONS]), 14)
+
+
 @pytest.fixture(scope="module")
 def refusals(tmp_path_factory):
-    """The bad options of test_bad_options_are_refused_before_anything_is_written and the test below, rendered in
-    one run, one monitoring host per case (the TLS probe's after the others): each host fails on its own."""
-    cases = [extra for extra, _named in BAD_OPTIONS + BAD_TLS_PROBE_OPTIONS]
-    return shared(tmp_path_factory, "refusals", lambda directory: render_cases(directory, cases))
+    return shared(tmp_path_factory, REFUSALS)
 
 
 def refused(refusals, index):
@@ -375,11 +405,7 @@ def refused(refusals, index):
     host's failure (the host did fail: no other line names it fatal)."""
     directory, result = refusals
     host = "case%d" % index
-    found = failures(result["stdout"])
-    assert host in found, result["stdout"][-3000:]
-    errors, printed = found[host]
-    assert len(errors) == 1, errors
-    return result, directory / host / "out", errors[0] + "\n" + printed
+    return result, directory / host / "out", host_failure(result, host)
 
 
 @pytest.mark.parametrize("extra, named", BAD_TLS_PROBE_OPTIONS)

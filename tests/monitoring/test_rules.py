@@ -19,22 +19,19 @@ import pytest
 import yaml
 
 from monitoring_sources import collector_metric_names, node_exporter_text, vllm_histogram_buckets
-from promql import HERE, ROOT, exported_metric_names, render, rules_of, selected_metrics, tool
+from promql import (BAD_SETTINGS, HERE, ROOT, VARIANTS, WITH_DCGM, exported_metric_names, refused,
+                    rendered_variant, rules_of, selected_metrics, tool)
 
 RULE_TESTS = os.path.join(HERE, "rules")
 ROLE = os.path.join(ROOT, "roles", "monitoring")
 
 
-# Every rule file, the dcgm-exporter mapping included (loaded only with monitoring_gpu_metrics dcgm; the others do
-# not depend on it): each check below covers it too.
-WITH_DCGM = {"monitoring_gpu_metrics": "dcgm", "monitoring_dcgm_version": "3.3.9"}
-
-
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    dest = tmp_path_factory.mktemp("rules")
-    result = render(dest, WITH_DCGM)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    """Every rule file, the dcgm-exporter mapping included (loaded only with monitoring_gpu_metrics dcgm; the
+    others do not depend on it): each check below covers it too. Rendered once for the session (promql.py)."""
+    assert VARIANTS["dcgm"] == WITH_DCGM == {"monitoring_gpu_metrics": "dcgm", "monitoring_dcgm_version": "3.3.9"}
+    dest = rendered_variant(tmp_path_factory, "dcgm")
     files = sorted(glob.glob(os.path.join(str(dest), "*.rules.yml")))
     assert [os.path.basename(f) for f in files] == ["inferops-dcgm.rules.yml", "inferops-gateway.rules.yml",
                                                     "inferops-gpu.rules.yml", "inferops-slo.rules.yml",
@@ -181,34 +178,17 @@ def test_latency_buckets_are_the_real_servers(rendered):
     assert [float(b) for b in declared] == vllm_histogram_buckets("vllm:e2e_request_latency_seconds")
 
 
-def test_a_threshold_is_overridden_by_name_and_the_others_keep_their_defaults(tmp_path):
-    result = render(tmp_path, {"monitoring_alert_thresholds": {"vllm_requests_waiting": 120}})
-    assert result.returncode == 0, result.stdout[-3000:]
-    by_name = {rule["alert"]: rule for rule in alert_rules(tmp_path)}
+def test_a_threshold_is_overridden_by_name_and_the_others_keep_their_defaults(tmp_path_factory):
+    assert VARIANTS["threshold"] == {"monitoring_alert_thresholds": {"vllm_requests_waiting": 120}}
+    by_name = {rule["alert"]: rule for rule in alert_rules(rendered_variant(tmp_path_factory, "threshold"))}
     assert by_name["VllmQueueBacklog"]["expr"].rstrip().endswith("> 120")
     assert by_name["VllmKvCacheNearlyFull"]["expr"].rstrip().endswith("> 0.95")
 
 
-@pytest.mark.parametrize("extra, named", [
-    ({"monitoring_alert_thresholds": {"vllm_requests_waiting": "lots"}}, "monitoring_alert_thresholds"),
-    ({"monitoring_alert_thresholds": {"gpu_temprature_celsius": 80}}, "monitoring_alert_thresholds"),
-    ({"monitoring_alert_thresholds": {"vllm_error_ratio": 10}}, "monitoring_alert_thresholds"),
-    ({"monitoring_alert_thresholds": {"vllm_ttft_p99_seconds": -1}}, "monitoring_alert_thresholds"),
-    ({"monitoring_alert_thresholds": {"vllm_kv_cache_usage_ratio": True}}, "monitoring_alert_thresholds"),
-    ({"monitoring_alert_gpu_collector_stale_seconds": "2m"}, "monitoring_alert_gpu_collector_stale_seconds"),
-    ({"monitoring_slo_latency": [{"name": "p95", "threshold_seconds": "10", "objective": 0.95}]},
-     "monitoring_slo_latency"),
-    ({"monitoring_slo_latency": [{"name": "p95", "threshold_seconds": 7, "objective": 0.95}]}, "threshold_seconds"),
-    ({"monitoring_slo_latency": [{"name": "p95\n- alert: X", "threshold_seconds": 10, "objective": 0.95}]},
-     "monitoring_slo_latency"),
-    ({"monitoring_slo_latency": [{"name": "p95\n", "threshold_seconds": 10, "objective": 0.95}]},
-     "monitoring_slo_latency"),
-    ({"monitoring_slo_availability": 99.9}, "monitoring_slo_availability"),
-])
-def test_bad_settings_are_refused_before_anything_is_written(tmp_path, extra, named):
-    dest = tmp_path / "rules.d"
-    result = render(dest, extra)
-    assert result.returncode != 0
-    assert named in result.stdout, result.stdout[-3000:]
-    assert "Traceback" not in result.stdout + result.stderr
+@pytest.mark.parametrize("extra, named", BAD_SETTINGS)
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path_factory, extra, named):
+    result, failure, dest = refused(tmp_path_factory, extra, named)
+    assert result["returncode"] != 0
+    assert named in failure, failure
+    assert "Traceback" not in result["stdout"] + result["stderr"]
     assert not dest.exists()

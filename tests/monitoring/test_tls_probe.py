@@ -20,9 +20,9 @@ import urllib.parse
 import pytest
 
 from monitoring_sources import blackbox_exporter, certificate, free_port, running, scrape, tls_server
-from promql import render as render_rules
-from promql import tool
-from test_prometheus_config import load, render
+from promql import VARIANTS as RULES_VARIANTS
+from promql import rendered_variant, tool
+from test_prometheus_config import VARIANTS, load, render, variant
 
 DAY = 86400
 
@@ -50,10 +50,9 @@ def probe_once(exporter_port, module, target):
 
 @pytest.fixture(scope="module")
 def rendered_insecure(tmp_path_factory):
-    work = tmp_path_factory.mktemp("insecure")
-    result, out = render(work)
-    assert result.returncode == 0, result.stdout[-4000:]
-    return out
+    """The role's configurations without a CA (test_prometheus_config.py's defaults, rendered once)."""
+    _result, case = variant(tmp_path_factory, "defaults")
+    return case / "out"
 
 
 @pytest.mark.parametrize("days", [7, 30])
@@ -108,14 +107,17 @@ def ca(tmp_path_factory):
     return certificate(work, 60, name="inferops-test-ca")
 
 
-def test_with_the_instances_ca_the_probe_verifies(ca, tmp_path):
-    result, out = render(tmp_path, {"monitoring_prometheus_vllm_ca_src": "ca.crt"})
-    assert result.returncode == 0, result.stdout[-4000:]
-    # Where the role's CA task puts the CA: the tls directory the test renders with.
-    with open(ca[0]) as source, open(str(tmp_path / "tls" / "vllm-ca.crt"), "w") as dest:
+def test_with_the_instances_ca_the_probe_verifies(ca, tmp_path, tmp_path_factory):
+    # Rendered once with test_prometheus_config.py's, which only reads its out/.
+    assert VARIANTS["vllm-ca"] == {"monitoring_prometheus_vllm_ca_src": "ca.crt"}
+    _result, rendered = variant(tmp_path_factory, "vllm-ca")
+    out = rendered / "out"
+    # Where the role's CA task puts the CA: the tls directory it was rendered with.
+    with open(ca[0]) as source, open(str(rendered / "tls" / "vllm-ca.crt"), "w") as dest:
         dest.write(source.read())
     signed = certificate(str(tmp_path), 7, ca=ca)
-    stranger = certificate(str(tmp_path / "tls"), 7, name="127.0.0.1")
+    (tmp_path / "stranger").mkdir()
+    stranger = certificate(str(tmp_path / "stranger"), 7, name="127.0.0.1")
     with tls_server(*signed) as good, tls_server(*stranger) as bad, \
             blackbox_exporter(tool("prometheus-blackbox-exporter"), str(out / "blackbox.yml")) as bbx:
         verified = probe_once(bbx, "tls_connect", "127.0.0.1:%d" % good)
@@ -129,11 +131,10 @@ def test_with_the_instances_ca_the_probe_verifies(ca, tmp_path):
 
 @pytest.fixture(scope="module")
 def rules_dir(tmp_path_factory):
-    """The role's rule files, rendered once for the tests that run Prometheus with them."""
-    directory = tmp_path_factory.mktemp("rules")
-    rules = render_rules(directory)
-    assert rules.returncode == 0, rules.stdout[-4000:]
-    return directory
+    """The role's rule files with its defaults, rendered once for the session (promql.py), for the tests that run
+    Prometheus with them."""
+    assert RULES_VARIANTS["defaults"] == {}
+    return rendered_variant(tmp_path_factory, "defaults")
 
 
 def query(port, promql):
