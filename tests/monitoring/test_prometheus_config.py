@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import yaml
 
+from monitoring_sources import NEW_KEY
 from renders import case_hosts, failure as host_failure, register, run_playbook, shared, succeeded
 from test_rules import tool
 
@@ -42,9 +43,9 @@ def render(tmp_path, extra=None, hosts=None):
     inventory.write_text(yaml.safe_dump(hosts or INVENTORY))
     tls = tmp_path / "tls"
     tls.mkdir(exist_ok=True)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tls / "web.key"),
-                    "-out", str(tls / "web.crt"), "-days", "2", "-subj", "/CN=mon-1"], check=True,
-                   capture_output=True)
+    subprocess.run(["openssl", "req", "-x509"] + NEW_KEY + ["-nodes", "-keyout", str(tls / "web.key"),
+                                                            "-out", str(tls / "web.crt"), "-days", "2",
+                                                            "-subj", "/CN=mon-1"], check=True, capture_output=True)
     args = {"out": str(out), "promtool": tool("promtool"), "amtool": tool("amtool"),
             "blackbox": tool("prometheus-blackbox-exporter"),
             "monitoring_prometheus_tls_dir": str(tls), "monitoring_prometheus_rules_dir": str(tmp_path / "rules")}
@@ -82,9 +83,9 @@ def render_variants(tmp, cases, inventory=None, common=None):
     options go to -e, for every host. Returns the run's returncode, stdout and stderr."""
     web = tmp / "web"
     web.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(web / "web.key"),
-                    "-out", str(web / "web.crt"), "-days", "2", "-subj", "/CN=mon-1"], check=True,
-                   capture_output=True)
+    subprocess.run(["openssl", "req", "-x509"] + NEW_KEY + ["-nodes", "-keyout", str(web / "web.key"),
+                                                            "-out", str(web / "web.crt"), "-days", "2",
+                                                            "-subj", "/CN=mon-1"], check=True, capture_output=True)
 
     def directories(case):
         (case / "out").mkdir()

@@ -10,6 +10,7 @@ CertificateExpiringSoon has `for: 10m`: here it is seen pending (its expression 
 the probe's real series); the promtool cases in rules/ cover the 10 minutes before it fires."""
 import http.server
 import json
+import re
 import ssl
 import subprocess
 import tempfile
@@ -152,7 +153,26 @@ def wait_for(port, promql, predicate, deadline=60.0):
             return result
         if time.monotonic() > end:
             raise AssertionError("%s never met the expectation; last answer: %s" % (promql, result))
-        time.sleep(0.5)
+        time.sleep(0.2)
+
+
+def evaluations(port):
+    """{rule group: how many times Prometheus has evaluated it}, from its own /metrics."""
+    text = scrape("http://127.0.0.1:%d/metrics" % port)
+    return {group: float(count) for group, count in
+            re.findall(r'^prometheus_rule_group_iterations_total\{rule_group="([^"]+)"\} (\S+)$', text, re.M)}
+
+
+def wait_for_evaluations(port, since, count, deadline=60.0):
+    """Waits until Prometheus has evaluated every rule group of `since` (evaluations()) `count` times more."""
+    end = time.monotonic() + deadline
+    while True:
+        now = evaluations(port)
+        if all(now.get(group, 0) - before >= count for group, before in since.items()):
+            return
+        if time.monotonic() > end:
+            raise AssertionError("fewer than %d evaluations of %s: %s" % (count, since, now))
+        time.sleep(0.2)
 
 
 def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_that_expires_soon(ca, rules_dir,
@@ -172,7 +192,7 @@ def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_tha
         }}}
         result, out = render(tmp_path, {
             "monitoring_prometheus_vllm_ca_src": "ca.crt",
-            "monitoring_prometheus_scrape_interval": "1s", "monitoring_prometheus_evaluation_interval": "1s",
+            "monitoring_prometheus_scrape_interval": "1s", "monitoring_prometheus_evaluation_interval": "500ms",
             "monitoring_prometheus_rules_dir": str(rules_dir),
             "monitoring_prometheus_listen_address": "127.0.0.1:%d" % prometheus_port,
             "monitoring_blackbox_listen_address": "127.0.0.1:%d" % exporter_port,
@@ -195,7 +215,9 @@ def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_tha
             pending = wait_for(prometheus_port, 'ALERTS{alertname="CertificateExpiringSoon"}',
                                lambda result: len(result) >= 2)
             # Several evaluations later, still only those two: the 30-day certificate never matched.
-            time.sleep(3)
+            groups = evaluations(prometheus_port)
+            assert groups, "Prometheus evaluated no rule group"
+            wait_for_evaluations(prometheus_port, groups, 3)
             pending_later = query(prometheus_port, 'ALERTS{alertname="CertificateExpiringSoon"}')
     by_target = {series["metric"]["instance"]: series for series in expiry}
     assert sorted(by_target) == sorted("127.0.0.1:%d" % port for port in (soon, later, gw))
@@ -240,7 +262,7 @@ def test_each_endpoint_is_probed_with_the_ca_that_signs_it(ca, rules_dir, tmp_pa
         }}}
         result, out = render(tmp_path, {
             "monitoring_prometheus_vllm_ca_src": "ca.crt", "monitoring_prometheus_gateway_ca_src": "gateway-ca.crt",
-            "monitoring_prometheus_scrape_interval": "1s", "monitoring_prometheus_evaluation_interval": "1s",
+            "monitoring_prometheus_scrape_interval": "1s", "monitoring_prometheus_evaluation_interval": "500ms",
             "monitoring_prometheus_rules_dir": str(rules_dir),
             "monitoring_prometheus_listen_address": "127.0.0.1:%d" % prometheus_port,
             "monitoring_blackbox_listen_address": "127.0.0.1:%d" % exporter_port,
