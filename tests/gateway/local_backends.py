@@ -2,6 +2,7 @@
 lab host. The emulator is the lab's (tests/lab/emulator), staged with the flag catalog as the image build stages it,
 over the lab's fake NVML built here with gcc, and with a fault file a test may write (its `hang`, `engine_dead`...).
 """
+import atexit
 import contextlib
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +30,22 @@ def free_port():
         return sock.getsockname()[1]
 
 
+_BUILT = []
+
+
+def fake_nvml():
+    """The lab's fake NVML, built with gcc once for this process (each Emulators copies it)."""
+    if not _BUILT:
+        build = tempfile.mkdtemp(prefix="inferops-fake-nvml-")
+        atexit.register(shutil.rmtree, build, True)
+        library = os.path.join(build, "libnvidia-ml.so.1")
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o", library,
+                        os.path.join(LAB, "gpu", "libnvidia-ml.c"), os.path.join(LAB, "gpu", "json_min.c"),
+                        "-lpthread"], check=True, timeout=120)
+        _BUILT.append(library)
+    return _BUILT[0]
+
+
 class Emulators:
     """Emulated vLLM servers, each `vllm serve` on its own port, sharing one fake host of 8 GPUs."""
 
@@ -41,10 +59,7 @@ class Emulators:
         shutil.copy2(os.path.join(ROOT, "plugins", "module_utils", "_vllm_flag_catalog.py"),
                      os.path.join(stage, "vllm_emu", "flag_catalog.py"))
         self.command = [sys.executable, os.path.join(stage, "vllm")]
-        library = os.path.join(workdir, "libnvidia-ml.so.1")
-        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o", library,
-                        os.path.join(LAB, "gpu", "libnvidia-ml.c"), os.path.join(LAB, "gpu", "json_min.c"),
-                        "-lpthread"], check=True, timeout=120)
+        shutil.copy2(fake_nvml(), os.path.join(workdir, "libnvidia-ml.so.1"))
         sys.path.insert(0, os.path.join(LAB, "gpu"))
         try:
             import labgpu

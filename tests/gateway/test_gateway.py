@@ -77,21 +77,35 @@ def host_vars(tmp, certificates, instances, **extra):
 
 
 def render(tmp, values):
-    """Renders for one host `gw` (values: its variables) or for several ({name: variables})."""
+    """Renders for one host `gw` (values: its variables) or for several ({name: variables}), each into the `out`
+    of its variables, by default tmp/out."""
     out = tmp / "out"
     out.mkdir(exist_ok=True)
     hosts = values if "gateway_port" not in values else {"gw": values}
+    hosts = {name: dict({"out": str(out)}, **variables) for name, variables in hosts.items()}
     inventory = tmp / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"children": {"gateway_hosts": {"hosts": hosts}}}}))
-    return subprocess.run(["ansible-playbook", os.path.join(HERE, "render-gateway.yml"), "-i", str(inventory),
-                           "-e", json.dumps({"out": str(out)})], capture_output=True, text=True, timeout=300,
-                          check=False)
+    return subprocess.run(["ansible-playbook", os.path.join(HERE, "render-gateway.yml"), "-i", str(inventory)],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def render_gateways(tmp, gateways):
+    """Renders several gateways in one ansible-playbook run: gateways is {name: (directory, its variables)}, each
+    rendered into directory/out as Gateway(directory, variables) would. Returns {name: Gateway's `rendered`}."""
+    for directory, _values in gateways.values():
+        (directory / "out").mkdir()
+    result = render(tmp, {name: dict(values, out=str(directory / "out"))
+                          for name, (directory, values) in gateways.items()})
+    assert result.returncode == 0, result.stdout[-4000:]
+    return {name: result for name in gateways}
 
 
 class Gateway:
-    def __init__(self, tmp, values):
+    def __init__(self, tmp, values, rendered=None):
+        """HAProxy on what the role rendered for `values` into tmp/out; `rendered` is the run that rendered it
+        already (render_gateways), or it is rendered here."""
         self.tmp, self.values = tmp, values
-        result = render(tmp, values)
+        result = rendered or render(tmp, values)
         assert result.returncode == 0, result.stdout[-4000:]
         self.render_output = result.stdout + result.stderr
         self.config = tmp / "out" / "haproxy.cfg"
@@ -142,17 +156,30 @@ def instances(emulators, names):
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, certificates):
-    """Two emulated instances behind a gateway, shared by the tests that leave them running."""
+    """Two emulated instances behind a gateway, shared by the tests that leave them running; and a second gateway
+    in front of them whose gateway_metrics_sources is this machine (the monitoring network), rendered in the same
+    run."""
     tmp = tmp_path_factory.mktemp("fleet")
     emulators = Emulators(str(tmp))
     try:
         emulators.start("a", BACKEND_KEY, 0)
         emulators.start("b", BACKEND_KEY, 1)
         emulators.wait_healthy()
-        gateway = Gateway(tmp, host_vars(tmp, certificates, instances(emulators, ["a", "b"])))
+        monitored_tmp = tmp / "monitored"
+        monitored_tmp.mkdir()
+        values = host_vars(tmp, certificates, instances(emulators, ["a", "b"]))
+        monitored_values = host_vars(monitored_tmp, certificates, instances(emulators, ["a", "b"]),
+                                     gateway_metrics_sources=["127.0.0.1/32"])
+        rendered = render_gateways(tmp, {"gw": (tmp, values), "gw-monitored": (monitored_tmp, monitored_values)})
+        gateway = Gateway(tmp, values, rendered["gw"])
         try:
-            gateway.wait(lambda: gateway.request("/health")[0] == 200)
-            yield gateway, emulators
+            monitored = Gateway(monitored_tmp, monitored_values, rendered["gw-monitored"])
+            try:
+                gateway.wait(lambda: gateway.request("/health")[0] == 200)
+                monitored.wait(lambda: monitored.request("/health")[0] == 200)
+                yield gateway, emulators, monitored
+            finally:
+                monitored.close()
         finally:
             gateway.close()
     finally:
@@ -190,7 +217,7 @@ def test_each_client_key_reaches_the_instances_with_any_case_of_bearer(fleet):
 
 
 def test_requests_are_spread_over_the_instances(fleet):
-    gateway, emulators = fleet
+    gateway, emulators = fleet[:2]
 
     def served(name):
         return emulators.log(name).count("POST /v1/completions")
@@ -219,22 +246,19 @@ def test_a_stream_passes_through_token_by_token(fleet):
     assert arrivals[-1][0] - arrivals[0][0] > 1.0
 
 
-def test_metrics_answer_the_monitoring_network_without_a_key_and_others_only_with_one(fleet, tmp_path, certificates):
-    gateway, emulators = fleet
+def test_metrics_answer_the_monitoring_network_without_a_key_and_others_only_with_one(fleet):
+    gateway, _emulators, monitored = fleet
+    assert gateway.values["gateway_metrics_sources"] == ["192.0.2.1/32"]
     assert gateway.request("/metrics") == (401, UNAUTHORIZED)
     status, body = gateway.request("/metrics", authorization=bearer(CLIENT_KEYS[0]))
     assert status == 200 and b"haproxy_backend_active_servers" in body
-    monitored = Gateway(tmp_path, host_vars(tmp_path, certificates, instances(emulators, ["a", "b"]),
-                                            gateway_metrics_sources=["127.0.0.1/32"]))
-    try:
-        status, body = monitored.request("/metrics")
-        assert status == 200 and re.search(rb'haproxy_backend_active_servers\{proxy="vllm"\} 2', body), body[-2000:]
-        assert monitored.request("/tokenize", "POST") == (401, UNAUTHORIZED)
-        # The capture the monitoring role's rules are held to is what this HAProxy exports.
-        with open(GATEWAY_METRICS) as handle:
-            assert sample_names(body.decode()) == sample_names(handle.read())
-    finally:
-        monitored.close()
+    assert monitored.values["gateway_metrics_sources"] == ["127.0.0.1/32"]
+    status, body = monitored.request("/metrics")
+    assert status == 200 and re.search(rb'haproxy_backend_active_servers\{proxy="vllm"\} 2', body), body[-2000:]
+    assert monitored.request("/tokenize", "POST") == (401, UNAUTHORIZED)
+    # The capture the monitoring role's rules are held to is what this HAProxy exports.
+    with open(GATEWAY_METRICS) as handle:
+        assert sample_names(body.decode()) == sample_names(handle.read())
 
 
 def test_the_keys_stay_out_of_ansibles_output_and_the_files_are_private(fleet):
@@ -272,7 +296,9 @@ def test_a_dead_engine_leaves_the_rotation_and_the_other_instance_serves(own_fle
     try:
         gateway.wait(lambda: gateway.request("/health")[0] == 200)
         own_fleet.set_fault("a", {"engine_dead": True})
-        time.sleep(2)  # four checks at 500 ms: out after two failures
+        # Checks every 500 ms: out after two failures.
+        socket_path = gateway.values["gateway_admin_socket"]
+        gateway.wait(lambda: _haproxy_admin.servers(socket_path, "vllm")["gw-a"]["status"].startswith("DOWN"))
         statuses = [gateway.request("/v1/completions", "POST", {"model": MODEL, "prompt": "hi", "max_tokens": 1},
                                     authorization=bearer(CLIENT_KEYS[0]))[0] for _request in range(10)]
         assert statuses == [200] * 10
@@ -376,14 +402,15 @@ def test_a_key_a_rotation_retired_is_refused_unless_let_back_on_purpose(tmp_path
         assert secret not in result.stdout + result.stderr
 
 
-def render_prometheus(tmp, gateway_port):
+def render_prometheus(tmp, gateway_ports):
     """The monitoring role's scrape configuration (tests/monitoring/render-prometheus.yml) for a fleet whose only
-    gateway is this machine's HAProxy."""
+    gateways are this machine's HAProxies ({inventory name: port})."""
     tools = os.path.join(ROOT, "build", "tools", "bin")
     inventory = tmp / "monitoring.yml"
     inventory.write_text(yaml.safe_dump({"all": {"children": {
         "monitoring_hosts": {"hosts": {"mon-1": {"ansible_connection": "local"}}},
-        "gateway_hosts": {"hosts": {"gw": {"monitoring_scrape_address": "127.0.0.1", "gateway_port": gateway_port}}},
+        "gateway_hosts": {"hosts": {name: {"monitoring_scrape_address": "127.0.0.1", "gateway_port": port}
+                                    for name, port in gateway_ports.items()}},
     }}}))
     out = tmp / "monitoring"
     out.mkdir()
@@ -397,45 +424,56 @@ def render_prometheus(tmp, gateway_port):
     return out / "prometheus.yml"
 
 
-def scraped(tmp, config, query):
-    """Runs Debian's Prometheus on `config` until `query` returns a sample (or 20 s pass); returns the samples."""
+@pytest.fixture(scope="module")
+def prometheus(fleet, tmp_path_factory):
+    """Debian's Prometheus on the monitoring role's configuration for the fleet's two gateways, as inventory hosts
+    gw (whose gateway_metrics_sources is another network) and gw-monitored (whose is this machine): its port."""
+    gateway, _emulators, monitored = fleet
+    tmp = tmp_path_factory.mktemp("monitoring")
+    config = render_prometheus(tmp, {"gw": gateway.values["gateway_port"],
+                                     "gw-monitored": monitored.values["gateway_port"]})
     port = free_port()
     process = subprocess.Popen([os.path.join(ROOT, "build", "tools", "bin", "prometheus"), "--config.file",
                                 str(config), "--storage.tsdb.path", str(tmp / "tsdb"), "--web.listen-address",
                                 "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                url = "http://127.0.0.1:%d/api/v1/query?query=%s" % (port, urllib.request.quote(query))
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    result = json.loads(response.read())["data"]["result"]
-                if result:
-                    return result
-            except (OSError, urllib.error.URLError, KeyError):
-                pass
-            time.sleep(0.5)
-        return []
+        yield port
     finally:
         process.kill()
         process.wait(10)
 
 
+def scraped(port, query, count=1):
+    """The samples the Prometheus on `port` answers to `query`, once there are `count` (or 20 s pass: the last
+    answer)."""
+    deadline = time.monotonic() + 20
+    result = []
+    while time.monotonic() < deadline:
+        try:
+            url = "http://127.0.0.1:%d/api/v1/query?query=%s" % (port, urllib.request.quote(query))
+            with urllib.request.urlopen(url, timeout=5) as response:
+                result = json.loads(response.read())["data"]["result"]
+            if len(result) >= count:
+                return result
+        except (OSError, urllib.error.URLError, KeyError):
+            pass
+        time.sleep(0.2)
+    return result
+
+
 @pytest.mark.parametrize("sources, up", [(["127.0.0.1/32"], "1"), (["192.0.2.1/32"], "0")])
-def test_the_monitoring_roles_prometheus_scrapes_the_gateway_when_it_is_a_metrics_source(fleet, tmp_path,
-                                                                                         certificates, sources, up):
-    emulators = fleet[1]
-    gateway = Gateway(tmp_path, host_vars(tmp_path, certificates, instances(emulators, ["a", "b"]),
-                                          gateway_metrics_sources=sources))
-    try:
-        config = render_prometheus(tmp_path, gateway.values["gateway_port"])
-        found = scraped(tmp_path, config, 'up{job="gateway"}')
-        assert [(sample["metric"]["host"], sample["value"][1]) for sample in found] == [("gw", up)]
-        if up == "1":
-            servers = scraped(tmp_path, config, 'haproxy_backend_active_servers{job="gateway",proxy="vllm"}')
-            assert [sample["value"][1] for sample in servers] == ["2"]
-    finally:
-        gateway.close()
+def test_the_monitoring_roles_prometheus_scrapes_the_gateway_when_it_is_a_metrics_source(fleet, prometheus, sources,
+                                                                                         up):
+    gateways = {"gw": fleet[0], "gw-monitored": fleet[2]}
+    host, = [name for name, gateway in gateways.items() if gateway.values["gateway_metrics_sources"] == sources]
+    found = scraped(prometheus, 'up{job="gateway",host="%s"}' % host)
+    assert [(sample["metric"]["host"], sample["value"][1]) for sample in found] == [(host, up)]
+    if up == "1":
+        servers = scraped(prometheus, 'haproxy_backend_active_servers{job="gateway",proxy="vllm",host="%s"}' % host)
+        assert [sample["value"][1] for sample in servers] == ["2"]
+    # Both gateways are targets of the job, each with its own host label.
+    both = scraped(prometheus, 'up{job="gateway"}', count=2)
+    assert sorted(sample["metric"]["host"] for sample in both) == sorted(gateways)
 
 
 def gateway_server(gateway, **args):
