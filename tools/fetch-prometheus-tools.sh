@@ -41,5 +41,7 @@ here=$(dirname "$(readlink -f "$0")")/../haproxy
 LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/haproxy" "$@"
 WRAPPER
 chmod 0755 "$dest/haproxy"
-"$dest/promtool" --version 2>&1 | head -n 1
-"$dest/haproxy" -v | head -n 1
+# sed reads the whole output: with head, a program still writing after the first line would die of SIGPIPE, and
+# pipefail would fail this script at random (it did, in CI).
+"$dest/promtool" --version 2>&1 | sed -n 1p
+"$dest/haproxy" -v | sed -n 1p

@@ -22,7 +22,7 @@ fi
 
 stage_unit() {
     # tests/monitoring and tests/gateway run Debian's promtool, exporters and HAProxy, unpacked into build/tools/bin.
-    tools/fetch-prometheus-tools.sh || return 1
+    tools/fetch-prometheus-tools.sh || { echo "ERROR: tools/fetch-prometheus-tools.sh failed (exit $?)"; return 1; }
     pytest tests/unit tests/monitoring tests/gateway -q -p no:cacheprovider -n auto
 }
 
