@@ -158,6 +158,76 @@ GPUS = {
     ],
 }
 
+GW = 'job="gateway",host=~"$host"'
+EDGE = GW + ',proxy="vllm_gateway"'  # the gateway role's frontend (roles/gateway/templates/haproxy.cfg.j2)
+POOL = GW + ',proxy="vllm"'  # its backend of vLLM instances
+SERVER_LEGEND = "{{host}} {{server}}"
+
+GATEWAY = {
+    "uid": "inferops-gateway",
+    "title": "inferops.vllm / Gateways",
+    "description": "The gateways (HAProxy on 7654) in front of the instances: rotation, traffic at the edge, "
+                   "refused keys, latency and aborted transfers. Scraped from each gateway's /metrics (job gateway).",
+    "variables": [
+        ("host", 'label_values(up{job="gateway"}, host)', True),
+    ],
+    "panels": [
+        stat("Gateways up", "none", [target("sum(up{%s})" % GW)],
+             "Gateways whose /metrics answers Prometheus."),
+        stat("Instances in rotation", "none",
+             [target("sum by (host) (haproxy_backend_active_servers{%s})" % POOL, "{{host}}")],
+             "Instances that pass their health check (and their watchdog's agent check); 0 on a gateway is "
+             "alert GatewayNoBackendInRotation.", thresholds=red_below(1)),
+        stat("Requests/s at the edge", "reqps", [target("sum(rate(haproxy_frontend_http_requests_total{%s}%s))"
+                                                       % (EDGE, RATE))],
+             "Every request the gateways received, refused ones included."),
+        stat("4xx share at the edge", "percentunit",
+             [target('(sum(rate(haproxy_frontend_http_responses_total{%s,code="4xx"}%s)) or vector(0))'
+                     " / sum(rate(haproxy_frontend_http_responses_total{%s}%s))" % (EDGE, RATE, EDGE, RATE))],
+             "Mostly requests without a valid key (401 at the edge); a jump after a key rotation is clients "
+             "still on a retired key.", thresholds=red_above(0.1)),
+        series("Responses/s at the edge by class", "reqps",
+               [target("sum by (host, code) (rate(haproxy_frontend_http_responses_total{%s}%s))" % (EDGE, RATE),
+                       "{{host}} {{code}}")],
+               "What the clients got: 2xx, 4xx (401 for a missing or retired key), 5xx (503 when no instance "
+               "is in rotation and there is no backup)."),
+        series("Requests/s by backend", "reqps",
+               [target("sum by (host, proxy) (rate(haproxy_backend_http_requests_total{%s}%s))" % (GW, RATE),
+                       "{{host}} {{proxy}}")],
+               "vllm is the instances; backup (when one is configured) takes the traffic only while no instance "
+               "is in rotation."),
+        series("Instances by state", "none",
+               [target("sum by (host, state) (haproxy_server_status{%s})" % POOL, "{{host}} {{state}}")],
+               "UP is in rotation; DOWN failed its health checks or its watchdog answered down; DRAIN is a runbook "
+               "letting its requests finish before a stop; MAINT was taken out by hand. DOWN or MAINT for long: alert "
+               "GatewayBackendOutOfRotation."),
+        series("Requests in flight by instance", "none",
+               [target("haproxy_server_current_sessions{%s}" % POOL, SERVER_LEGEND)],
+               "Open requests per instance; the gateway balances by least connections, so they stay level."),
+        series("Response time by instance", "s",
+               [target("haproxy_server_response_time_average_seconds{%s}" % POOL, SERVER_LEGEND + " headers"),
+                target("haproxy_server_total_time_average_seconds{%s}" % POOL, SERVER_LEGEND + " whole")],
+               "HAProxy's averages over each instance's last 1024 requests: time to the response headers (for a "
+               "stream, close to the time to first token) and to the end of the response."),
+        series("Queued at the gateway", "none",
+               [target("haproxy_backend_current_queue{%s}" % POOL, "{{host}}")],
+               "Requests waiting for an instance; they wait at most 5 s (timeout queue) before a 503."),
+        series("Failed checks and retries/s", "none",
+               [target("sum by (host, server) (rate(haproxy_server_check_failures_total{%s}%s))" % (POOL, RATE),
+                       SERVER_LEGEND + " failed checks"),
+                target("sum by (host) (rate(haproxy_backend_retry_warnings_total{%s}%s))" % (POOL, RATE),
+                       "{{host}} retries on another instance")],
+               "Health checks an instance failed, and connections retried on another instance after a refusal."),
+        series("Aborted transfers/s", "none",
+               [target("sum by (host) (rate(haproxy_backend_client_aborts_total{%s}%s))" % (POOL, RATE),
+                       "{{host}} by the client"),
+                target("sum by (host) (rate(haproxy_backend_server_aborts_total{%s}%s))" % (POOL, RATE),
+                       "{{host}} by the instance")],
+               "Transfers cut before their end; by the instance is a stream the server broke off (a restart "
+               "without a drain, an engine death)."),
+    ],
+}
+
 
 def panel_json(panel, panel_id, x, y):
     defaults = {"unit": panel["unit"]}
@@ -207,7 +277,7 @@ def dashboard_json(spec):
 def rendered():
     """{file name: JSON text} of every dashboard."""
     return {"%s.json" % spec["uid"]: json.dumps(dashboard_json(spec), indent=2, sort_keys=True) + "\n"
-            for spec in (FLEET, GPUS)}
+            for spec in (FLEET, GPUS, GATEWAY)}
 
 
 def main(argv):

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _haproxy_admin
+from grafana_queries import dashboard, panel_queries
 from local_backends import HAPROXY, MODEL, ROOT, Emulators, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -475,6 +476,39 @@ def test_the_monitoring_roles_prometheus_scrapes_the_gateway_when_it_is_a_metric
     both = scraped(prometheus, 'up{job="gateway"}', count=2)
     assert sorted(sample["metric"]["host"] for sample in both) == sorted(gateways)
 
+
+def test_every_query_of_the_gateways_dashboard_returns_data_after_traffic(fleet, prometheus):
+    """Issue 15's proof of a dashboard in place of a Grafana, for the gateways' one (the lab's fleet has no gateway):
+    after requests through the monitored gateway, with and without a key, every panel's query, its variables set
+    the way Grafana sets them, returns series from the Prometheus that scrapes it with the monitoring role's
+    configuration."""
+    monitored = fleet[2]
+    # Traffic after a first scrape, so that the rates see it happen.
+    assert scraped(prometheus, 'up{job="gateway",host="gw-monitored"} == 1')
+    for _request in range(3):
+        assert monitored.request("/v1/completions", "POST", {"model": MODEL, "prompt": "hi", "max_tokens": 2},
+                                 authorization=bearer(CLIENT_KEYS[0]))[0] == 200
+    assert monitored.request("/v1/models")[0] == 401
+
+    def label_values(label, selector):
+        return sorted({sample["metric"][label] for sample in scraped(prometheus, selector, count=2)})
+
+    board = dashboard("inferops-gateway.json")
+    queries = dict(panel_queries(board, label_values))
+    by_class, = [expr for where, expr in queries.items() if "Responses/s at the edge by class" in where]
+
+    def classes_seen():
+        return {sample["metric"]["code"] for sample in scraped(prometheus, by_class) if float(sample["value"][1]) > 0}
+
+    # Scraped since the traffic: its 2xx and its 401s show in the rates (polled, at most 20 s).
+    deadline = time.monotonic() + 20
+    while not classes_seen() >= {"2xx", "4xx"}:
+        assert time.monotonic() < deadline, scraped(prometheus, by_class)
+        time.sleep(0.5)
+    found = {where: scraped(prometheus, expr) for where, expr in queries.items()}
+    assert len(found) > 12 and [where for where, series in found.items() if not series] == []
+    in_rotation, = [series for where, series in found.items() if "Instances in rotation" in where]
+    assert [(sample["metric"]["host"], sample["value"][1]) for sample in in_rotation] == [("gw-monitored", "2")]
 
 def gateway_server(gateway, **args):
     """The collection's gateway_server module, run by Ansible on this machine against the test gateway's socket."""

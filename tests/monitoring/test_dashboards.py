@@ -18,10 +18,10 @@ import sys
 import pytest
 import yaml
 
+from grafana_queries import DASHBOARDS, label_values_selector, substituted
 from promql import HERE, ROOT, exported_metric_names, rendered_variant, rules_of, selected_metrics, tool
 from renders import case_hosts, failure as host_failure, register, run_playbook, shared, succeeded
 
-DASHBOARDS = os.path.join(ROOT, "roles", "monitoring", "files", "grafana", "dashboards")
 # Grafana's own variables, and the values the lab test gives them.
 GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
 PASSWORD = "grafana-reads-prometheus-7Qz"
@@ -44,18 +44,6 @@ def queries(dashboard):
         yield "variable %s" % variable["name"], variable["query"]["query"]
 
 
-def substituted(expr, values):
-    """The expression with Grafana's $variables replaced by `values` (name: text)."""
-    return re.sub(r"\$(\w+)", lambda match: values[match.group(1)], expr)
-
-
-def label_values_selector(query):
-    """label_values(selector, label) -> (selector, label): Grafana's variable query, which is no PromQL itself."""
-    match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query)
-    assert match, "a variable query is label_values(selector, label): %s" % query
-    return match.group(1), match.group(2)
-
-
 def test_the_dashboards_are_the_generators():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "grafana_dashboards.py"), "--check"],
                             capture_output=True, text=True, check=False)
@@ -64,7 +52,7 @@ def test_the_dashboards_are_the_generators():
 
 def test_two_dashboards_with_the_issues_panels():
     found = dashboards()
-    assert sorted(found) == ["inferops-gpu-host.json", "inferops-vllm-fleet.json"]
+    assert sorted(found) == ["inferops-gateway.json", "inferops-gpu-host.json", "inferops-vllm-fleet.json"]
     fleet = " | ".join(p["title"] for p in found["inferops-vllm-fleet.json"]["panels"]).lower()
     for wanted in ("instances up", "requests/s", "errors", "time to first token", "time per output token",
                    "end-to-end", "waiting", "kv cache", "preemptions", "error budget left"):
@@ -72,6 +60,10 @@ def test_two_dashboards_with_the_issues_panels():
     gpu = " | ".join(p["title"] for p in found["inferops-gpu-host.json"]["panels"]).lower()
     for wanted in ("utilization", "memory", "temperature", "power", "ecc", "xid", "clocks"):
         assert wanted in gpu
+    gateway = " | ".join(p["title"] for p in found["inferops-gateway.json"]["panels"]).lower()
+    for wanted in ("gateways up", "instances in rotation", "at the edge", "by backend", "by state", "in flight",
+                   "response time", "queued", "retries", "aborted"):
+        assert wanted in gateway
 
 
 @pytest.mark.parametrize("name", sorted(dashboards()))
