@@ -8,6 +8,7 @@ gateway from a third CA failing its probe.
 
 CertificateExpiringSoon has `for: 10m`: here it is seen pending (its expression holds, evaluated by Prometheus on
 the probe's real series); the promtool cases in rules/ cover the 10 minutes before it fires."""
+import contextlib
 import http.server
 import json
 import re
@@ -175,6 +176,42 @@ def wait_for_evaluations(port, since, count, deadline=60.0):
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def prometheus_probing(tmp_path, rules_dir, instances, gateways=None, cas=(), **options):
+    """The role rendered for a monitoring host and one vLLM host with TLS serving `instances` ({name: port} on this
+    machine), and `gateways` ({inventory name: port}) when given; each of `cas` ((CA pair, file name)) placed where
+    the role's CA tasks put it; then the blackbox exporter and Prometheus run on what was rendered (rules every
+    500 ms, scrapes every second). Yields Prometheus's port, once it is ready, and the rendered out/."""
+    exporter_port, prometheus_port = free_port(), free_port()
+    children = {
+        "monitoring_hosts": {"hosts": {"mon-1": {"ansible_connection": "local"}}},
+        "vllm_hosts": {"hosts": {"gpu-a": {
+            "monitoring_scrape_address": "127.0.0.1", "vllm_tls_cert_src": "files/a.crt",
+            "vllm_instances": [{"name": name, "port": port} for name, port in instances.items()]}}},
+    }
+    if gateways:
+        children["gateway_hosts"] = {"hosts": {name: {"monitoring_scrape_address": "127.0.0.1", "gateway_port": port}
+                                               for name, port in gateways.items()}}
+    result, out = render(tmp_path, dict({
+        "monitoring_prometheus_scrape_interval": "1s", "monitoring_prometheus_evaluation_interval": "500ms",
+        "monitoring_prometheus_rules_dir": str(rules_dir),
+        "monitoring_prometheus_listen_address": "127.0.0.1:%d" % prometheus_port,
+        "monitoring_blackbox_listen_address": "127.0.0.1:%d" % exporter_port,
+    }, **options), hosts={"all": {"children": children}})
+    assert result.returncode == 0, result.stdout[-4000:]
+    for source_ca, placed in cas:
+        with open(source_ca[0]) as source, open(str(tmp_path / "tls" / placed), "w") as dest:
+            dest.write(source.read())
+    listen = "--web.listen-address=127.0.0.1:%d" % exporter_port
+    assert listen in (out / "blackbox.defaults").read_text()
+    with tempfile.TemporaryDirectory() as data, \
+            running([tool("prometheus-blackbox-exporter"), "--config.file=%s" % (out / "blackbox.yml"), listen]), \
+            running([tool("prometheus"), "--config.file=%s" % (out / "prometheus.yml"), "--storage.tsdb.path=%s" % data,
+                     "--web.listen-address=127.0.0.1:%d" % prometheus_port]):
+        scrape("http://127.0.0.1:%d/-/ready" % prometheus_port, deadline=30)
+        yield prometheus_port
+
+
 def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_that_expires_soon(ca, rules_dir,
                                                                                                tmp_path):
     signed_soon = certificate(str(tmp_path), 7, ca=ca)
@@ -182,43 +219,18 @@ def test_prometheus_scrapes_the_probe_and_the_rule_holds_for_the_certificate_tha
     signed_later = certificate(str(tmp_path / "later"), 30, ca=ca)
     (tmp_path / "gateway").mkdir()
     gateway = certificate(str(tmp_path / "gateway"), 7, ca=ca)
-    exporter_port, prometheus_port = free_port(), free_port()
-    with tls_server(*signed_soon) as soon, tls_server(*signed_later) as later, tls_server(*gateway) as gw:
-        hosts = {"all": {"children": {
-            "monitoring_hosts": {"hosts": {"mon-1": {"ansible_connection": "local"}}},
-            "vllm_hosts": {"hosts": {"gpu-a": {
-                "monitoring_scrape_address": "127.0.0.1", "vllm_tls_cert_src": "files/a.crt",
-                "vllm_instances": [{"name": "soon", "port": soon}, {"name": "later", "port": later}]}}},
-        }}}
-        result, out = render(tmp_path, {
-            "monitoring_prometheus_vllm_ca_src": "ca.crt",
-            "monitoring_prometheus_scrape_interval": "1s", "monitoring_prometheus_evaluation_interval": "500ms",
-            "monitoring_prometheus_rules_dir": str(rules_dir),
-            "monitoring_prometheus_listen_address": "127.0.0.1:%d" % prometheus_port,
-            "monitoring_blackbox_listen_address": "127.0.0.1:%d" % exporter_port,
-            "monitoring_tls_probe_targets": [{"address": "127.0.0.1:%d" % gw, "name": "gateway", "host": "gw-1"}],
-        }, hosts=hosts)
-        assert result.returncode == 0, result.stdout[-4000:]
-        with open(ca[0]) as source, open(str(tmp_path / "tls" / "vllm-ca.crt"), "w") as dest:
-            dest.write(source.read())
-        listen = "--web.listen-address=127.0.0.1:%d" % exporter_port
-        assert listen in (out / "blackbox.defaults").read_text()
-        with tempfile.TemporaryDirectory() as data, \
-                running([tool("prometheus-blackbox-exporter"), "--config.file=%s" % (out / "blackbox.yml"), listen]), \
-                running([tool("prometheus"), "--config.file=%s" % (out / "prometheus.yml"),
-                         "--storage.tsdb.path=%s" % data,
-                         "--web.listen-address=127.0.0.1:%d" % prometheus_port]):
-            scrape("http://127.0.0.1:%d/-/ready" % prometheus_port, deadline=30)
-            expiry = wait_for(prometheus_port, 'probe_ssl_earliest_cert_expiry{job="tls"}',
-                              lambda result: len(result) == 3)
-            success = query(prometheus_port, 'probe_success{job="tls"}')
-            pending = wait_for(prometheus_port, 'ALERTS{alertname="CertificateExpiringSoon"}',
-                               lambda result: len(result) >= 2)
-            # Several evaluations later, still only those two: the 30-day certificate never matched.
-            groups = evaluations(prometheus_port)
-            assert groups, "Prometheus evaluated no rule group"
-            wait_for_evaluations(prometheus_port, groups, 3)
-            pending_later = query(prometheus_port, 'ALERTS{alertname="CertificateExpiringSoon"}')
+    with tls_server(*signed_soon) as soon, tls_server(*signed_later) as later, tls_server(*gateway) as gw, \
+            prometheus_probing(tmp_path, rules_dir, {"soon": soon, "later": later}, cas=[(ca, "vllm-ca.crt")],
+                               monitoring_prometheus_vllm_ca_src="ca.crt", monitoring_tls_probe_targets=[
+                                   {"address": "127.0.0.1:%d" % gw, "name": "gateway", "host": "gw-1"}]) as prometheus_port:
+        expiry = wait_for(prometheus_port, 'probe_ssl_earliest_cert_expiry{job="tls"}', lambda result: len(result) == 3)
+        success = query(prometheus_port, 'probe_success{job="tls"}')
+        pending = wait_for(prometheus_port, 'ALERTS{alertname="CertificateExpiringSoon"}', lambda result: len(result) >= 2)
+        # Several evaluations later, still only those two: the 30-day certificate never matched.
+        groups = evaluations(prometheus_port)
+        assert groups, "Prometheus evaluated no rule group"
+        wait_for_evaluations(prometheus_port, groups, 3)
+        pending_later = query(prometheus_port, 'ALERTS{alertname="CertificateExpiringSoon"}')
     by_target = {series["metric"]["instance"]: series for series in expiry}
     assert sorted(by_target) == sorted("127.0.0.1:%d" % port for port in (soon, later, gw))
     assert {t: float(s["value"][1]) for t, s in by_target.items()} == {
@@ -249,39 +261,14 @@ def test_each_endpoint_is_probed_with_the_ca_that_signs_it(ca, rules_dir, tmp_pa
     instance = certificate(str(tmp_path / "instance"), 30, ca=ca)
     gateway = certificate(str(tmp_path / "gateway"), 20, ca=gateway_ca)
     stranger = certificate(str(tmp_path / "stranger"), 20, ca=stranger_ca)
-    exporter_port, prometheus_port = free_port(), free_port()
-    with tls_server(*instance) as vllm, tls_server(*gateway) as gw, tls_server(*stranger) as other:
-        hosts = {"all": {"children": {
-            "monitoring_hosts": {"hosts": {"mon-1": {"ansible_connection": "local"}}},
-            "vllm_hosts": {"hosts": {"gpu-a": {
-                "monitoring_scrape_address": "127.0.0.1", "vllm_tls_cert_src": "files/a.crt",
-                "vllm_instances": [{"name": "chat", "port": vllm}]}}},
-            "gateway_hosts": {"hosts": {
-                "gw-1": {"monitoring_scrape_address": "127.0.0.1", "gateway_port": gw},
-                "gw-2": {"monitoring_scrape_address": "127.0.0.1", "gateway_port": other}}},
-        }}}
-        result, out = render(tmp_path, {
-            "monitoring_prometheus_vllm_ca_src": "ca.crt", "monitoring_prometheus_gateway_ca_src": "gateway-ca.crt",
-            "monitoring_prometheus_scrape_interval": "1s", "monitoring_prometheus_evaluation_interval": "500ms",
-            "monitoring_prometheus_rules_dir": str(rules_dir),
-            "monitoring_prometheus_listen_address": "127.0.0.1:%d" % prometheus_port,
-            "monitoring_blackbox_listen_address": "127.0.0.1:%d" % exporter_port,
-        }, hosts=hosts)
-        assert result.returncode == 0, result.stdout[-4000:]
-        # Where the role's CA tasks put the two CAs.
-        for source_ca, placed in ((ca, "vllm-ca.crt"), (gateway_ca, "gateway-ca.crt")):
-            with open(source_ca[0]) as source, open(str(tmp_path / "tls" / placed), "w") as dest:
-                dest.write(source.read())
-        with tempfile.TemporaryDirectory() as data, \
-                running([tool("prometheus-blackbox-exporter"), "--config.file=%s" % (out / "blackbox.yml"),
-                         "--web.listen-address=127.0.0.1:%d" % exporter_port]), \
-                running([tool("prometheus"), "--config.file=%s" % (out / "prometheus.yml"),
-                         "--storage.tsdb.path=%s" % data,
-                         "--web.listen-address=127.0.0.1:%d" % prometheus_port]):
-            scrape("http://127.0.0.1:%d/-/ready" % prometheus_port, deadline=30)
-            success = wait_for(prometheus_port, 'probe_success{job="tls"}', lambda result: len(result) == 3)
-            expiry = query(prometheus_port, 'probe_ssl_earliest_cert_expiry{job="tls"}')
-            failing = wait_for(prometheus_port, 'ALERTS{alertname="TlsProbeFailing"}', lambda result: result)
+    with tls_server(*instance) as vllm, tls_server(*gateway) as gw, tls_server(*stranger) as other, \
+            prometheus_probing(tmp_path, rules_dir, {"chat": vllm}, {"gw-1": gw, "gw-2": other},
+                               cas=[(ca, "vllm-ca.crt"), (gateway_ca, "gateway-ca.crt")],
+                               monitoring_prometheus_vllm_ca_src="ca.crt",
+                               monitoring_prometheus_gateway_ca_src="gateway-ca.crt") as prometheus_port:
+        success = wait_for(prometheus_port, 'probe_success{job="tls"}', lambda result: len(result) == 3)
+        expiry = query(prometheus_port, 'probe_ssl_earliest_cert_expiry{job="tls"}')
+        failing = wait_for(prometheus_port, 'ALERTS{alertname="TlsProbeFailing"}', lambda result: result)
     instance_target, gateway_target, stranger_target = ("127.0.0.1:%d" % port for port in (vllm, gw, other))
     by_target = {series["metric"]["instance"]: series for series in success}
     assert {t: float(s["value"][1]) for t, s in by_target.items()} == {
