@@ -281,7 +281,9 @@ def assign(ledger, claims, observe, exclude=(), require_idle=False, proc="/proc"
     only when something is picked, a pin is new or changed (it is checked), or GPUs are named both by index and
     by UUID (so that one GPU is not taken for two).
 
-    Returns (new_ledger, report) with report = {assignments, picked, moved, released, unlisted, unchecked}."""
+    Returns (new_ledger, report) with report = {assignments, picked, moved, released, unlisted, unchecked,
+    health_unchecked}: `health_unchecked` lists what the backend could not check on the GPUs it read (an nvidia-smi
+    that does not know a field), [] when it checked everything or read nothing."""
     names = [c.name for c in claims]
     duplicates = sorted(set(n for n in names if names.count(n) > 1))
     if duplicates:
@@ -310,7 +312,8 @@ def assign(ledger, claims, observe, exclude=(), require_idle=False, proc="/proc"
         taken, assignments, unlisted, to_pick, released = _plan(ledger, claims, exclude, key)
     else:
         key = str
-    report = {"picked": {}, "moved": {}, "released": released, "unlisted": unlisted, "unchecked": unchecked}
+    report = {"picked": {}, "moved": {}, "released": released, "unlisted": unlisted, "unchecked": unchecked,
+              "health_unchecked": list(observation.get("unchecked", [])) if observation else []}
     base = {"exclude": exclude, "require_idle": require_idle}
     # The instances of most GPUs first (in their order otherwise): a small one picked first could split the set of
     # close GPUs a large one needs.

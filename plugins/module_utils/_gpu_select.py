@@ -20,10 +20,33 @@ import uuid
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _command, _nvml
 
+# The last four are what NVML's path reads as mig_enabled_pending, retired_pages_pending, remapped_rows_pending and
+# remapped_rows_failure, so that both backends skip the same GPUs. Each name is one nvidia-smi documents: checked in
+# the `nvidia-smi --help-query-gpu` of driver 580.173.02 ("retired_pages.pending", "remapped_rows.pending",
+# "remapped_rows.failure" and "mig.mode.pending", with their values Yes/No and Enabled/Disabled), captured in
+# github.com/utkuozdemir/nvidia_gpu_exporter internal/captures/linux-x86_64__nvidia-h200__580.173.02.txt (commit
+# 18a7dc5a4958bed2161a23188c1a5cf280dff31b), whose query rows (and those of its H100 capture for driver 590.48.01)
+# are fixtures in tests/unit/fixtures/nvidia_smi.
 SMI_FIELDS = ("index", "uuid", "name", "pci.bus_id", "memory.total", "memory.used", "memory.free",
               "utilization.gpu", "temperature.gpu", "ecc.errors.uncorrected.volatile.total", "mig.mode.current",
-              "persistence_mode")
-SMI_QUERY = ["--query-gpu=" + ",".join(SMI_FIELDS), "--format=csv,noheader,nounits"]
+              "persistence_mode", "mig.mode.pending", "retired_pages.pending", "remapped_rows.pending",
+              "remapped_rows.failure")
+# Fields an older nvidia-smi may not know (MIG and row remapping came with the Ampere drivers, r450): such a driver
+# refuses the whole query naming the first field it does not know, and the query is run again without it. What
+# each one checks is then unchecked, never taken as fine: see _smi_result.
+SMI_OPTIONAL = {
+    "mig.mode.pending": ("mig_enabled_pending", "MIG mode pending a reset"),
+    "retired_pages.pending": ("retired_pages_pending", "memory pages pending retirement"),
+    "remapped_rows.pending": ("remapped_rows_pending", "memory row remapping pending"),
+    "remapped_rows.failure": ("remapped_rows_failure", "failed memory row remapping"),
+}
+
+
+def smi_query(fields=SMI_FIELDS):
+    return ["--query-gpu=" + ",".join(fields), "--format=csv,noheader,nounits"]
+
+
+SMI_QUERY = smi_query()
 SMI_APPS = ["--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits"]
 EXHAUSTIVE_LIMIT = 20000  # candidate sets examined for topology before falling back to a greedy choice
 UNREADABLE = "unreadable"
@@ -54,7 +77,7 @@ def read_nvml(timeout, with_topology):
     except _nvml.NvmlError as exc:
         raise BackendError(str(exc))
     return {"backend": "nvml", "driver_version": snap["driver_version"], "devices": snap["devices"],
-            "topology": snap["topology"], "processes_visible": True}
+            "topology": snap["topology"], "processes_visible": True, "unchecked": []}
 
 
 # What nvidia-smi prints for a value this GPU does not have (no ECC, no MIG, MIG hiding utilization): absent,
@@ -65,6 +88,9 @@ _NUMBER = re.compile(r"[0-9]{1,15}\Z")  # re's \d would let other scripts' digit
 # The UUID ends up in CUDA_VISIBLE_DEVICES and `--gpus device=...`, where a comma or a quote would name other GPUs.
 _UUID = re.compile(r"GPU-[0-9A-Za-z-]{1,64}\Z")
 _SWITCH = {"Enabled": True, "Disabled": False}
+_YES_NO = {"Yes": True, "No": False}
+_SWITCHES = {"mig.mode.current": _SWITCH, "persistence_mode": _SWITCH, "mig.mode.pending": _SWITCH,
+             "retired_pages.pending": _YES_NO, "remapped_rows.pending": _YES_NO, "remapped_rows.failure": _YES_NO}
 _NUMERIC = ("index", "memory.total", "memory.used", "memory.free", "utilization.gpu", "temperature.gpu",
             "ecc.errors.uncorrected.volatile.total")
 # Without these the GPU cannot be named, told apart from the others, or matched to its processes.
@@ -103,10 +129,11 @@ def _cell(field, text):
         if not _NUMBER.match(number):
             raise ValueError(field)
         return int(number)
-    if field in ("mig.mode.current", "persistence_mode"):
-        if text not in _SWITCH:
+    if field in _SWITCHES:
+        # Any other text (an unknown state, an error) says nothing about the GPU, so it is not read as "No".
+        if text not in _SWITCHES[field]:
             raise ValueError(field)
-        return _SWITCH[text]
+        return _SWITCHES[field][text]
     if field == "uuid" and not _UUID.match(text):
         raise ValueError(field)
     if text == "ERR!" or (text.startswith("[") and text.endswith("]")):
@@ -114,10 +141,11 @@ def _cell(field, text):
     return text
 
 
-def _smi_device(cells):
-    """A device from the cells of one --query-gpu row; with `error` (and no stats) when any cell is unreadable."""
-    row, unreadable = {}, []
-    for field, text in zip(SMI_FIELDS, cells):
+def _smi_device(cells, fields=SMI_FIELDS):
+    """A device from the cells of one --query-gpu row of `fields`; with `error` (and no stats) when any cell is
+    unreadable. An optional field that was not queried reads as None, and `unchecked` says so."""
+    row, unreadable = dict((f, None) for f in SMI_OPTIONAL), []
+    for field, text in zip(fields, cells):
         try:
             row[field] = _cell(field, text)
         except ValueError:
@@ -126,16 +154,24 @@ def _smi_device(cells):
     identity = {"index": row["index"], "uuid": row["uuid"], "name": row["name"], "pci_bus_id": row["pci.bus_id"]}
     if unreadable:
         return dict(identity, error="nvidia-smi printed " + ", ".join(unreadable), processes=[])
-    return dict(
+    device = dict(
         identity, memory_total_mib=row["memory.total"], memory_used_mib=row["memory.used"],
         memory_free_mib=row["memory.free"], utilization_gpu=row["utilization.gpu"],
         temperature_c=row["temperature.gpu"], ecc_uncorrected_volatile=row["ecc.errors.uncorrected.volatile.total"],
         persistence_mode=bool(row["persistence_mode"]), mig_enabled=bool(row["mig.mode.current"]),
         mig_devices=[], processes=[])
+    # [N/A] or [Not Supported] is None, as NVML's NOT_SUPPORTED is: the GPU has no such mechanism (pages are retired
+    # before Ampere, rows remapped from Ampere on; no MIG on most GPUs).
+    for field, (key, what) in sorted(SMI_OPTIONAL.items()):
+        device[key] = row[field]
+        if field not in fields:
+            device.setdefault("unchecked", []).append(
+                "%s (%s): this nvidia-smi does not know the field" % (what, field))
+    return device
 
 
-def parse_smi_gpus(text, command):
-    """Devices from `nvidia-smi --query-gpu=<SMI_FIELDS> --format=csv,noheader,nounits` output.
+def parse_smi_gpus(text, command, fields=SMI_FIELDS):
+    """Devices from `nvidia-smi --query-gpu=<fields> --format=csv,noheader,nounits` output.
 
     A row that cannot be read becomes a device with `error`, so that it is explained and never chosen while the
     others stay selectable. BackendError only when no line at all is a row of the query."""
@@ -147,15 +183,15 @@ def parse_smi_gpus(text, command):
             continue
         seen.add(line)
         cells = _cells(line)
-        if len(cells) != len(SMI_FIELDS):
+        if len(cells) != len(fields):
             # Such as "Unable to determine the device handle for GPU 0000:3B:00.0: GPU is lost": a GPU is missing,
             # but which index it had, nvidia-smi does not say.
-            problem = "a line with %d fields, expected %d: %r" % (len(cells), len(SMI_FIELDS), line[:200])
+            problem = "a line with %d fields, expected %d: %r" % (len(cells), len(fields), line[:200])
             first_bad = first_bad or problem
             devices.append({"index": None, "uuid": None, "error": "nvidia-smi printed " + problem, "processes": []})
             continue
         rows += 1
-        devices.append(_smi_device(cells))
+        devices.append(_smi_device(cells, fields))
     if not rows:
         if first_bad:
             raise BackendError("`%s` printed %s" % (command, first_bad))
@@ -208,43 +244,86 @@ def _smi_failure(text):
     return ""
 
 
+# What nvidia-smi prints, exit status 2, when the query names a field it does not know: 'Field "device_minor" is not
+# a valid field to query.' (a real output: tests/unit/fixtures/nvidia_smi). Some reports show typographic quotes.
+_UNKNOWN_FIELD = re.compile(r"Field [\"\u201c]([A-Za-z0-9_.]{1,80})[\"\u201d] is not a valid field to query")
+
+
+def _unknown_field(text):
+    match = _UNKNOWN_FIELD.search(text)
+    return match.group(1) if match else None
+
+
 def _smi_result(argv_prefix, timeout):
-    command = " ".join(argv_prefix + SMI_QUERY)
-    rc, out, err = run_command(argv_prefix + SMI_QUERY, timeout)
-    if rc != 0:
-        raise BackendError("`%s` exited %d: %s%s" % (command, rc, (out + err).strip()[:500], _smi_failure(out + err)))
-    try:
-        return parse_smi_gpus(out, command)
-    except BackendError as exc:
-        raise BackendError(str(exc) + _smi_failure(out + err))
+    """The devices nvidia-smi lists; `argv_prefix()` gives the command before the query, for each run. A driver
+    that does not know an optional field is asked again without it (one more run per such field, each answered at
+    once); the devices then say what could not be checked."""
+    fields = list(SMI_FIELDS)
+    while True:
+        query = smi_query(fields)
+        argv = argv_prefix() + query
+        command = " ".join(argv)
+        rc, out, err = run_command(argv, timeout)
+        unknown = _unknown_field(out + err)
+        if unknown in fields and unknown in SMI_OPTIONAL:
+            fields.remove(unknown)
+            continue
+        if rc != 0 and unknown:
+            raise BackendError("`%s` exited %d: %s (this nvidia-smi does not know the field %s, which gpu_select "
+                               "needs: update the NVIDIA driver, or install nvidia-ml-py for the nvml backend)"
+                               % (command, rc, (out + err).strip()[:500], unknown))
+        if rc != 0:
+            raise BackendError("`%s` exited %d: %s%s" % (command, rc, (out + err).strip()[:500],
+                                                         _smi_failure(out + err)))
+        try:
+            return parse_smi_gpus(out, command, fields)
+        except BackendError as exc:
+            raise BackendError(str(exc) + _smi_failure(out + err))
+
+
+def unchecked(devices):
+    """What could not be checked on any readable GPU, each once, in order: [] when everything was."""
+    seen = []
+    for device in devices:
+        for what in device.get("unchecked", []) if "error" not in device else []:
+            if what not in seen:
+                seen.append(what)
+    return seen
 
 
 def read_nvidia_smi(timeout, executable="nvidia-smi"):
-    devices = _smi_result([executable], timeout)
+    devices = _smi_result(lambda: [executable], timeout)
     rc, out, err = run_command([executable] + SMI_APPS, timeout)
     if rc != 0:
         raise BackendError("`%s %s` exited %d: %s" % (executable, " ".join(SMI_APPS), rc, (out + err).strip()[:500]))
     parse_smi_apps(out, devices)
-    return {"backend": "nvidia-smi", "devices": devices, "topology": None, "processes_visible": True}
+    return {"backend": "nvidia-smi", "devices": devices, "topology": None, "processes_visible": True,
+            "unchecked": unchecked(devices)}
 
 
 def read_docker(image, timeout, pull=False, executable="docker"):
     if not image:
         raise BackendError("skipped: the docker backend runs only when docker_image is given")
-    name = "inferops-gpu-select-%s" % uuid.uuid4().hex[:12]
-    prefix = [executable, "run", "--rm", "--name", name, "--gpus", "all", "--pull", "always" if pull else "never",
-              "--entrypoint", "nvidia-smi", image]
+    names = []
+
+    def prefix():
+        # A name of its own for each run: a query nvidia-smi refused is run again while the first container may
+        # still be on its way out.
+        names.append("inferops-gpu-select-%s" % uuid.uuid4().hex[:12])
+        return [executable, "run", "--rm", "--name", names[-1], "--gpus", "all", "--pull",
+                "always" if pull else "never", "--entrypoint", "nvidia-smi", image]
     try:
         devices = _smi_result(prefix, timeout)
     except BackendError:
         # A killed `docker run` can leave its container behind; remove it, quietly.
         try:
-            run_command([executable, "rm", "-f", name], timeout)
+            run_command([executable, "rm", "-f"] + names, timeout)
         except BackendError:
             pass
         raise
     # Processes of other PID namespaces are invisible from inside a container.
-    return {"backend": "docker", "devices": devices, "topology": None, "processes_visible": False}
+    return {"backend": "docker", "devices": devices, "topology": None, "processes_visible": False,
+            "unchecked": unchecked(devices)}
 
 
 def observe(backend, timeout, docker_image=None, docker_pull=False, with_topology=False):
@@ -469,7 +548,8 @@ def explain(devices):
         # A GPU whose index could not be read is still listed: "?", its reason says what nvidia-smi printed.
         name = "?" if device.get("index") is None else device["index"]
         if device.get("eligible"):
-            lines.append("GPU %s: eligible (%s MiB free)" % (name, device.get("memory_free_mib")))
+            lines.append("GPU %s: eligible (%s MiB free%s)" % (name, device.get("memory_free_mib"), "".join(
+                "; not checked: %s" % what for what in device.get("unchecked", []))))
         else:
             lines.append("GPU %s: %s" % (name, "; ".join(device.get("reasons", []))))
         for mig in device.get("mig_devices", []):

@@ -150,9 +150,23 @@ unlisted:
   returned: success
   type: dict
 unchecked:
-  description: Why new pins could not be checked against the GPUs (they could not be read); null when they were.
+  description:
+    - Why new pins could not be checked against the GPUs (they could not be read); null when they were, or when
+      no GPU needed reading.
+    - The pins stand as given and the module warns. A pin that is not on the host, lost, MIG or unhealthy is only
+      refused when the GPUs can be read, so rerun once they can.
   returned: success
   type: str
+health_unchecked:
+  description:
+    - What could not be checked on the GPUs that were read, one text per check, naming the C(nvidia-smi) field
+      (an older C(nvidia-smi) that does not know C(remapped_rows.pending), for example); empty when everything was
+      checked, or no GPU was read.
+    - Pins are checked and GPUs picked without those checks, never assuming that they pass; the module warns.
+  returned: success
+  type: list
+  elements: str
+  sample: ["memory row remapping pending (remapped_rows.pending): this nvidia-smi does not know the field"]
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -228,6 +242,10 @@ def main():
     if report["unchecked"]:
         module.warn("the pinned GPUs of %s could not be checked (lost, MIG or unhealthy GPUs are refused when the GPUs "
                     "can be read): %s" % (", ".join(sorted(c.name for c in claims if c.pinned)), report["unchecked"]))
+    if report["health_unchecked"]:
+        module.warn("the GPUs were read without checking them for: %s. Pins were checked and GPUs picked without "
+                    "those checks (never assuming they pass); update the NVIDIA driver, or install nvidia-ml-py, to "
+                    "have them checked" % "; ".join(report["health_unchecked"]))
     for name, move in sorted(report["moved"].items()):
         module.warn("%s moves from GPU(s) %s to %s" % (name, ", ".join(move["from"]), ", ".join(move["to"])))
     result = dict(changed=changed, **report)

@@ -71,7 +71,9 @@ options:
   skip_ecc_errors:
     description:
       - Skip GPUs with uncorrected volatile ECC errors, memory pages pending retirement, a row remapping pending
-        (each takes effect at the GPU's next reset) or a failed row remapping (the last three read through NVML).
+        (each takes effect at the GPU's next reset) or a failed row remapping. The C(nvml) backend reads them
+        through NVML, the others through C(nvidia-smi)'s C(retired_pages.pending), C(remapped_rows.pending) and
+        C(remapped_rows.failure); an C(nvidia-smi) too old to know one of them leaves it unchecked (see RV(unchecked)).
     type: bool
     default: true
   mig:
@@ -190,6 +192,16 @@ topology:
   returned: success
   type: str
   sample: single
+unchecked:
+  description:
+    - What the backend could not check on the GPUs, one text per check naming the C(nvidia-smi) field, such as an
+      C(nvidia-smi) older than C(remapped_rows.pending); empty when everything was checked (always with C(nvml)).
+    - Such GPUs stay selectable, since the check is one the driver cannot make, but are never taken to pass it;
+      the module warns. Update the driver, or install nvidia-ml-py for the C(nvml) backend.
+  returned: when a backend observed the GPUs
+  type: list
+  elements: str
+  sample: ["memory row remapping pending (remapped_rows.pending): this nvidia-smi does not know the field"]
 backend:
   description: The backend that observed the GPUs.
   returned: always
@@ -206,9 +218,10 @@ devices:
     - Every GPU with its stats, C(selected), C(eligible), and C(reasons) (why it was not picked).
     - A GPU that could not be read has C(error) instead of its stats, and a null C(index) when even that was
       unreadable.
-    - With the C(nvml) backend, C(mig_enabled_pending), C(retired_pages_pending), C(remapped_rows_pending) and
-      C(remapped_rows_failure) (null where the GPU cannot tell), and C(processes_error) where NVML would not list
-      the GPU's compute processes.
+    - C(mig_enabled_pending), C(retired_pages_pending), C(remapped_rows_pending) and C(remapped_rows_failure) are
+      true, false, or null where the GPU cannot tell (it has no such mechanism; pages are retired before Ampere,
+      rows remapped from Ampere on) or the backend could not ask (then the GPU's C(unchecked) says which).
+    - With the C(nvml) backend, C(processes_error) where NVML would not list the GPU's compute processes.
   returned: when a backend observed the GPUs
   type: list
   elements: dict
@@ -266,7 +279,11 @@ class GpuSelector(object):
         except _gpu_select.BackendError as exc:
             self.module.fail_json(msg=str(exc), backend=None, attempts=getattr(exc, "attempts", []))
         result = {"changed": False, "backend": observation["backend"], "attempts": attempts,
-                  "devices": observation["devices"]}
+                  "devices": observation["devices"], "unchecked": observation.get("unchecked", [])}
+        if result["unchecked"]:
+            self.module.warn("%s could not check every GPU for: %s. GPUs were chosen without those checks (never "
+                             "assumed to pass them); update the NVIDIA driver, or install nvidia-ml-py for the nvml "
+                             "backend, to have them checked" % (observation["backend"], "; ".join(result["unchecked"])))
         try:
             chosen = _gpu_select.select(observation, constraints)
         except _gpu_select.SelectionError as exc:

@@ -31,7 +31,8 @@ def row(index, used=0, cells=None):
               "pci.bus_id": "00000000:%02X:00.0" % (0x18 + index), "memory.total": str(TOTAL),
               "memory.used": str(used), "memory.free": str(TOTAL - used), "utilization.gpu": "0",
               "temperature.gpu": "31", "ecc.errors.uncorrected.volatile.total": "0", "mig.mode.current": "Disabled",
-              "persistence_mode": "Enabled"}
+              "persistence_mode": "Enabled", "mig.mode.pending": "Disabled", "retired_pages.pending": "[N/A]",
+              "remapped_rows.pending": "No", "remapped_rows.failure": "No"}
     values.update(cells or {})
     return ", ".join(values[f] for f in gs.SMI_FIELDS)
 
@@ -104,7 +105,7 @@ def test_a_gpu_without_a_readable_uuid_is_never_chosen_with_id_type_uuid(uuid):
     result = gs.select(obs, gs.Constraints(id_type="uuid"))
     assert result["ids"] == [uuid_of(1)] and result["gpus"] == [1]
     if "," in uuid:  # no value nvidia-smi prints holds a comma: the row has a field too many
-        assert obs["devices"][0]["reasons"][0].startswith("unreadable: nvidia-smi printed a line with 13 fields")
+        assert obs["devices"][0]["reasons"][0].startswith("unreadable: nvidia-smi printed a line with 17 fields")
     else:
         assert obs["devices"][0]["reasons"] == ["unreadable: nvidia-smi printed uuid %r" % uuid]
 
@@ -131,7 +132,7 @@ def test_a_line_nvidia_smi_prints_for_a_lost_gpu_is_listed_not_fatal():
     assert gs.select(obs, gs.Constraints(count=2))["gpus"] == [2, 0]
     with pytest.raises(gs.SelectionError) as err:
         gs.select(obs, gs.Constraints(count=3))
-    assert "GPU ?: unreadable: nvidia-smi printed a line with 1 fields, expected 12: %r" % lost in str(err.value)
+    assert "GPU ?: unreadable: nvidia-smi printed a line with 1 fields, expected 16: %r" % lost in str(err.value)
 
 
 @pytest.mark.parametrize("broken", ["missing", "extra"])

@@ -146,8 +146,10 @@ def test_require_idle_without_visible_processes_does_not_guess():
 
 
 def test_parse_nvidia_smi_csv():
-    text = ("0, GPU-a, NVIDIA H100 80GB HBM3, 00000000:18:00.0, 81559, 20480, 61079, 35, 32, 0, Disabled, Enabled\n"
-            "1, GPU-b, NVIDIA H100 80GB HBM3, 00000000:2A:00.0, 81559, 0, 81559, [N/A], 33, [N/A], Enabled, Enabled\n")
+    text = ("0, GPU-a, NVIDIA H100 80GB HBM3, 00000000:18:00.0, 81559, 20480, 61079, 35, 32, 0, Disabled, Enabled, "
+            "Disabled, [N/A], No, No\n"
+            "1, GPU-b, NVIDIA H100 80GB HBM3, 00000000:2A:00.0, 81559, 0, 81559, [N/A], 33, [N/A], Enabled, Enabled, "
+            "Enabled, [N/A], No, No\n")
     devices = gs.parse_smi_gpus(text, "nvidia-smi")
     assert devices[0]["memory_free_mib"] == 61079 and devices[0]["utilization_gpu"] == 35
     assert devices[1]["mig_enabled"] is True and devices[1]["utilization_gpu"] is None
@@ -157,7 +159,7 @@ def test_parse_nvidia_smi_csv():
 
 
 def test_parse_rejects_unexpected_output():
-    with pytest.raises(gs.BackendError, match="expected 12"):
+    with pytest.raises(gs.BackendError, match="expected 16"):
         gs.parse_smi_gpus("0, 1, 2\n", "nvidia-smi")
     with pytest.raises(gs.BackendError, match="listed no GPUs"):
         gs.parse_smi_gpus("\n", "nvidia-smi")

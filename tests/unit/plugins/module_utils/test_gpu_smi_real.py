@@ -53,6 +53,9 @@ def project(fields, line, wanted):
     return ", ".join(cells[f] for f in wanted)
 
 
+# Fields whose value may be a switch that is off (False).
+SWITCHES = ("mig.mode.current", "persistence_mode", "mig.mode.pending", "retired_pages.pending", "remapped_rows.pending",
+            "remapped_rows.failure")
 REAL_CSV = sorted(n for n in os.listdir(FIXTURES) if n.endswith(".csv") and "compute-apps" not in n)
 
 
@@ -76,7 +79,7 @@ def test_every_real_cell_of_a_field_gpu_select_queries_reads_as_a_value_or_absen
             if cell in gs.ABSENT:
                 assert value is None
             else:
-                assert value is not None and value is not False or field in ("mig.mode.current", "persistence_mode")
+                assert value is not None and value is not False or field in SWITCHES
 
 
 def test_real_values_read_as_printed():
@@ -99,7 +102,7 @@ def h100_mig():
 def test_the_real_h100_mig_rows_read_as_the_gpu_reported_them_units_and_all():
     idle, load = h100_mig()
     assert idle == ("0, GPU-00000000-0000-0000-0000-000000000000, NVIDIA H100 80GB HBM3, 00000000:00:09.0, "
-                    "81559 MiB, 59 MiB, 81022 MiB, [N/A], 42, 0, Enabled, Enabled")
+                    "81559 MiB, 59 MiB, 81022 MiB, [N/A], 42, 0, Enabled, Enabled, Enabled, [N/A], [N/A], [N/A]")
     [device] = gs.parse_smi_gpus(idle + "\n", "nvidia-smi")
     assert "error" not in device
     assert (device["index"], device["memory_total_mib"], device["memory_used_mib"], device["memory_free_mib"],
@@ -195,7 +198,7 @@ def test_a_trailing_comma_adds_no_field_but_two_do():
     [device] = gs.parse_smi_gpus(row(3) + ",\n", "nvidia-smi")
     assert "error" not in device and device["persistence_mode"] is True
     [device] = gs.parse_smi_gpus(row(3) + ", ,\n" + row(4), "nvidia-smi")[:1]
-    assert device["index"] is None and "a line with 13 fields" in device["error"]
+    assert device["index"] is None and "a line with 17 fields" in device["error"]
 
 
 @pytest.mark.parametrize("cells", [{"memory.free": "81559MiB"}, {"utilization.gpu": "35 %"},
