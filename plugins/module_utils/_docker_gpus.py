@@ -17,13 +17,34 @@ import re
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _systemd
 
-# A GPU index, a GPU UUID, or a MIG device UUID (current "MIG-<uuid>" and legacy "MIG-GPU-<uuid>/<gi>/<ci>").
+# A GPU index, a GPU UUID, or a MIG device UUID (current "MIG-<uuid>" and legacy "MIG-GPU-<uuid>/<gi>/<ci>"), in the
+# canonical form (see canonical_id): the prefix upper case, the hex digits lower case.
 _GPU_ID = re.compile(
-    r"^(?:\d{1,3}"
-    r"|GPU-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
-    r"|MIG-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
-    r"|MIG-GPU-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}/\d+/\d+)$"
+    r"^(?:[0-9]{1,3}"
+    r"|GPU-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
+    r"|MIG-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
+    r"|MIG-GPU-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}/[0-9]+/[0-9]+)$"
 )
+_UUID_PREFIX = re.compile(r"(MIG-GPU-|GPU-|MIG-)(.*)\Z", re.IGNORECASE | re.DOTALL)
+
+
+def canonical_id(name):
+    """A GPU or MIG UUID in the form NVML and nvidia-smi print it: "GPU-"/"MIG-" followed by lower-case hex. Users
+    copy UUIDs from other tools in other cases ("GPU-6F4A...", "gpu-6f4a..."); they name the same GPU. Anything that
+    is not text starting with a UUID prefix (an index, a non-string) is returned unchanged."""
+    if not isinstance(name, str):
+        return name
+    match = _UUID_PREFIX.match(name)
+    if not match:
+        return name
+    return match.group(1).upper() + match.group(2).lower()
+
+
+def id_key(name):
+    """What two GPU names are compared by: a UUID regardless of case, an index as its text. None stays None."""
+    if name is None:
+        return None
+    return str(canonical_id(name))
 
 
 class GpuIdError(ValueError):
@@ -31,14 +52,15 @@ class GpuIdError(ValueError):
 
 
 def normalize_ids(ids):
-    """The IDs as strings, checked. Raises GpuIdError naming the first bad one."""
+    """The IDs as strings, checked, UUIDs in their canonical form (canonical_id). Raises GpuIdError naming the first
+    bad one."""
     if isinstance(ids, (str, int)):
         ids = [ids]
     if not ids:
         raise GpuIdError("no GPU IDs given: pass a list of indices (e.g. [4, 5]) or GPU UUIDs")
     checked = []
     for item in ids:
-        text = str(item).strip()
+        text = canonical_id(str(item).strip())
         if isinstance(item, bool) or not _GPU_ID.match(text):
             raise GpuIdError(
                 "%r is not a GPU ID: use an index (0-999), a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx) "

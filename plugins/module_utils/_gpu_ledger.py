@@ -16,7 +16,12 @@ import json
 import os
 from contextlib import contextmanager
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_select, _instance_procs, _validate
+from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus, _gpu_select, _instance_procs, _validate
+
+# GPU UUIDs are kept in NVML's form ("GPU-" and lower-case hex) and compared regardless of case: users copy them
+# from tools that print them in capitals, and "GPU-6F4A..." and "GPU-6f4a..." are one GPU.
+canonical = _docker_gpus.canonical_id
+fold = _docker_gpus.id_key
 
 
 class LedgerError(Exception):
@@ -31,7 +36,7 @@ class Claim(object):
 
     def __init__(self, name, pinned=None, count=1, min_free_memory_mib=0, state="started", share_gpus=False):
         self.name = name
-        self.pinned = [str(g) for g in pinned] if pinned else None
+        self.pinned = [canonical(str(g)) for g in pinned] if pinned else None
         self.count = len(self.pinned) if self.pinned else count
         self.min_free_memory_mib = min_free_memory_mib
         self.state = state
@@ -56,10 +61,11 @@ def parse(text, path):
             _validate.instance_name("%s: instance" % path, name)
             if not isinstance(gpus, list):
                 raise _validate.InputError("%s: the GPUs of %s are not a list" % (path, name))
-            _validate.gpu_ids("%s: GPUs of %s" % (path, name), [str(g) for g in gpus])
+            # In NVML's form before the check, so that one GPU written in two cases is caught as listed twice.
+            _validate.gpu_ids("%s: GPUs of %s" % (path, name), [canonical(str(g)) for g in gpus])
         except _validate.InputError as exc:
             raise LedgerError("%s; fix or remove the ledger" % exc)
-        ledger[name] = [str(g) for g in gpus]
+        ledger[name] = [canonical(str(g)) for g in gpus]
     return ledger
 
 
@@ -85,7 +91,7 @@ def locked(path, check_mode):
         os.close(fd)
 
 
-def _holders(reservations, key=str):
+def _holders(reservations, key=fold):
     """{GPU: [instance, ...]} from {instance: [GPU, ...]}, each GPU as key(name)."""
     held = {}
     for name, gpus in reservations.items():
@@ -94,7 +100,7 @@ def _holders(reservations, key=str):
     return held
 
 
-def reserve_pinned(claims, key=str):
+def reserve_pinned(claims, key=fold):
     """{instance: GPUs} of the pinned claims; two instances pinning one GPU must both say share_gpus. With `key`
     (a GPU's one name, see _keys) a GPU pinned by index and by UUID is one GPU."""
     pinned = dict((c.name, c.pinned) for c in claims if c.pinned and c.state != "absent")
@@ -125,7 +131,8 @@ def read_gpus(timeout):
 
 def _keys(observation):
     """{name: key}: each name of an observed GPU (index, UUID) to one key per GPU (its UUID where it has one), and
-    each MIG device UUID to itself. Without an observation, names are keys: "3" and its UUID are then two GPUs."""
+    each MIG device UUID to itself, the names folded (fold) so that a UUID in any case finds its GPU. Without an
+    observation, folded names are keys: "3" and its UUID are then two GPUs."""
     keys = {}
     for device in observation["devices"] if observation else []:
         if device.get("index") is None and not device.get("uuid"):
@@ -133,24 +140,26 @@ def _keys(observation):
         key = device.get("uuid") or str(device["index"])
         for name in (device.get("index"), device.get("uuid")):
             if name is not None:
-                keys[str(name)] = key
+                keys[fold(name)] = key
         for mig in device.get("mig_devices", []):
-            keys[mig["uuid"]] = mig["uuid"]
+            keys[fold(mig["uuid"])] = mig["uuid"]
     return keys
 
 
 def _forms(names):
     """How GPUs are named: by index, GPU UUID or MIG UUID."""
-    return set("mig" if n.startswith("MIG-") else "uuid" if n.startswith("GPU-") else "index" for n in names)
+    return set("mig" if fold(n).startswith("MIG-") else "uuid" if fold(n).startswith("GPU-") else "index"
+               for n in names)
 
 
 def _find(observation, name):
     """(device, MIG device or None) that `name` names in the observation, or (None, None)."""
+    name = fold(name)
     for device in observation["devices"]:
-        if name in (str(device.get("index")), device.get("uuid")):
+        if name in (str(device.get("index")), fold(device.get("uuid"))):
             return device, None
         for mig in device.get("mig_devices", []):
-            if mig["uuid"] == name:
+            if fold(mig["uuid"]) == name:
                 return device, mig
     return None, None
 
@@ -159,7 +168,7 @@ def _pin_problem(name, observation):
     """Why GPU `name` cannot be pinned, with what to do about it; None when it can (or cannot be checked)."""
     device, mig = _find(observation, name)
     if device is None:
-        if name.startswith("MIG-") and observation.get("backend") != "nvml":
+        if fold(name).startswith("MIG-") and observation.get("backend") != "nvml":
             return None  # only NVML lists MIG devices
         readable = [str(d["index"]) for d in observation["devices"] if isinstance(d.get("index"), int)]
         lost = [d.get("error") for d in observation["devices"] if not isinstance(d.get("index"), int)]
@@ -195,7 +204,7 @@ def check_pins(claims, observation):
 def _display(key, observation):
     """The name a GPU key is shown by: its index where the observation has one."""
     for device in observation["devices"] if observation else []:
-        if key in (device.get("uuid"), str(device.get("index"))) and device.get("index") is not None:
+        if fold(key) in (fold(device.get("uuid")), str(device.get("index"))) and device.get("index") is not None:
             return str(device["index"])
     return key
 
@@ -288,8 +297,8 @@ def assign(ledger, claims, observe, exclude=(), require_idle=False, proc="/proc"
     duplicates = sorted(set(n for n in names if names.count(n) > 1))
     if duplicates:
         raise LedgerError("instances: %s listed more than once" % ", ".join(duplicates))
-    exclude = [str(e) for e in exclude]
-    taken, assignments, unlisted, to_pick, released = _plan(ledger, claims, exclude, str)
+    exclude = [canonical(str(e)) for e in exclude]
+    taken, assignments, unlisted, to_pick, released = _plan(ledger, claims, exclude, fold)
     new_pins = [c for c in claims if c.pinned and c.state != "absent" and ledger.get(c.name) != c.pinned]
     in_use = [g for c in claims if c.state != "absent" for g in (c.pinned or ledger.get(c.name) or [])]
     in_use += [g for gpus in unlisted.values() for g in gpus] + exclude
@@ -308,10 +317,10 @@ def assign(ledger, claims, observe, exclude=(), require_idle=False, proc="/proc"
         keys = _keys(observation)
 
         def key(name):
-            return keys.get(name, name)
+            return keys.get(fold(name), fold(name))
         taken, assignments, unlisted, to_pick, released = _plan(ledger, claims, exclude, key)
     else:
-        key = str
+        key = fold
     report = {"picked": {}, "moved": {}, "released": released, "unlisted": unlisted, "unchecked": unchecked,
               "health_unchecked": list(observation.get("unchecked", [])) if observation else []}
     base = {"exclude": exclude, "require_idle": require_idle}

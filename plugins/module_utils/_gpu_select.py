@@ -18,7 +18,7 @@ import itertools
 import re
 import uuid
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _command, _nvml
+from ansible_collections.inferops.vllm.plugins.module_utils import _command, _docker_gpus, _nvml
 
 # The last four are what NVML's path reads as mig_enabled_pending, retired_pages_pending, remapped_rows_pending and
 # remapped_rows_failure, so that both backends skip the same GPUs. Each name is one nvidia-smi documents: checked in
@@ -207,10 +207,10 @@ def _pid_or_mib(text, field=None):
 def parse_smi_apps(text, devices):
     """Adds each --query-compute-apps line to its GPU's `processes`. A line naming a GPU counts as a process even
     when the rest cannot be read (pid None): a hidden process would make a busy GPU look idle."""
-    by_uuid = dict((d["uuid"], d) for d in devices if d.get("uuid"))
+    by_uuid = dict((_docker_gpus.id_key(d["uuid"]), d) for d in devices if d.get("uuid"))
     for line in text.splitlines():
         cells = _cells(line)
-        device = by_uuid.get(cells[0])
+        device = by_uuid.get(_docker_gpus.id_key(cells[0]))
         if device is None:
             continue
         device["processes"].append({
@@ -366,12 +366,12 @@ class Constraints(object):
 
 
 def check_exclude(devices, constraints):
-    """Every name in `exclude` must be a GPU (or MIG device) that exists here."""
+    """Every name in `exclude` must be a GPU (or MIG device) that exists here; a UUID in any case names it."""
     known = set()
     for device in devices:
-        known.update(str(name) for name in (device.get("index"), device.get("uuid")) if name is not None)
-        known.update(m["uuid"] for m in device.get("mig_devices", []))
-    unknown = [e for e in constraints.exclude if e not in known]
+        known.update(_docker_gpus.id_key(name) for name in (device.get("index"), device.get("uuid")) if name is not None)
+        known.update(_docker_gpus.id_key(m["uuid"]) for m in device.get("mig_devices", []))
+    unknown = [e for e in constraints.exclude if _docker_gpus.id_key(e) not in known]
     if unknown:
         indices = [d["index"] for d in devices if d.get("index") is not None]
         raise SelectionError("exclude: %s do%s not exist on this host (GPUs here: indices %s, or their UUIDs)" % (
@@ -432,7 +432,8 @@ def _unreadable(device, devices):
         return "no UUID was read, so it cannot be told apart or named"
     # One GPU listed twice with different readings (or two GPUs claiming one index or UUID): choosing it could
     # give the same GPU twice, or the wrong one.
-    twins = [d for d in devices if d.get("index") == device["index"] or d.get("uuid") == device["uuid"]]
+    key = _docker_gpus.id_key(device["uuid"])
+    twins = [d for d in devices if d.get("index") == device["index"] or _docker_gpus.id_key(d.get("uuid")) == key]
     if len(twins) > 1:
         return "listed more than once (index %s, UUID %s): which reading is this GPU's cannot be told" % (
             device["index"], device["uuid"])
@@ -442,13 +443,14 @@ def _unreadable(device, devices):
 def evaluate(observation, constraints):
     """Annotates every device with `eligible` and `reasons`; returns the candidates (dicts with `kind`)."""
     candidates = []
-    excluded = set(constraints.exclude)
+    # UUIDs are compared regardless of case: NVML prints them in lower case, other tools and users do not.
+    excluded = set(_docker_gpus.id_key(e) for e in constraints.exclude)
     for device in observation["devices"]:
         reasons = []
         unreadable = _unreadable(device, observation["devices"])
         if unreadable:
             reasons.append("unreadable: %s" % unreadable)
-        elif str(device["index"]) in excluded or device.get("uuid") in excluded:
+        elif str(device["index"]) in excluded or _docker_gpus.id_key(device["uuid"]) in excluded:
             reasons.append("excluded")
         else:
             if constraints.skip_ecc_errors:
@@ -466,7 +468,7 @@ def evaluate(observation, constraints):
                 else:
                     for mig in device.get("mig_devices", []):
                         mig_reasons = list(reasons)
-                        if mig["uuid"] in excluded:
+                        if _docker_gpus.id_key(mig["uuid"]) in excluded:
                             mig_reasons.append("excluded")
                         mig_reasons += _load_reasons(mig, constraints, observation["processes_visible"])
                         mig["eligible"], mig["reasons"] = not mig_reasons, mig_reasons

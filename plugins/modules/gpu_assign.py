@@ -15,7 +15,9 @@ description:
   - Keeps the host's GPU ledger, a JSON file of which instance holds which GPUs, under a lock, written atomically.
   - Every GPU pinned in O(instances) (their C(gpus)) is reserved first, whatever the order of the list. Two
     instances pinning one GPU is an error unless both set C(share_gpus). A GPU named by its index in one place and
-    by its UUID in another is one GPU.
+    by its UUID in another is one GPU. UUIDs are compared regardless of case (C(GPU-6F4A...) is C(GPU-6f4a...)) and
+    kept in the ledger and the result in the form NVML and C(nvidia-smi) print, C(GPU-) and lower-case hex; a ledger
+    written with other cases is rewritten once in that form.
   - A pin new to the ledger (or changed) is checked against the GPUs. One that is not on the host, cannot be read
     (lost, needs a reset), runs MIG (or has MIG enabled pending a reset; pin one of its MIG devices instead), or is
     unhealthy (uncorrected ECC errors, memory pending retirement or remapping, a failed remapping) is refused with
@@ -60,7 +62,7 @@ options:
         type: str
         required: true
       gpus:
-        description: GPUs pinned to the instance, by index or UUID; nothing is picked for it.
+        description: GPUs pinned to the instance, by index or UUID (in any case); nothing is picked for it.
         type: list
         elements: str
       gpu_count:
@@ -95,7 +97,7 @@ options:
     type: bool
     default: false
   exclude:
-    description: GPUs never picked, by index or UUID (pinned GPUs are not affected).
+    description: GPUs never picked, by index or UUID in any case (pinned GPUs are not affected).
     type: list
     elements: str
     default: []
@@ -181,7 +183,10 @@ def claims_from(module):
         try:
             name = _validate.instance_name(field + ".name", item["name"])
             field = "instances[%s]" % name
-            pinned = _validate.gpu_ids(field + ".gpus", item["gpus"]) if item["gpus"] else None
+            # UUIDs in NVML's form ("GPU-" and lower-case hex) whatever case they were typed in: one GPU written in
+            # two cases is listed twice, and the ledger keeps the form NVML prints.
+            gpus = [_gpu_ledger.canonical(g) for g in item["gpus"]] if item["gpus"] else None
+            pinned = _validate.gpu_ids(field + ".gpus", gpus) if gpus else None
             count = item["gpu_count"]
             if count is None:
                 _validate.number(field + ".tensor_parallel_size", item["tensor_parallel_size"], 1, 1024)

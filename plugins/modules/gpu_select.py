@@ -60,7 +60,10 @@ options:
       - A GPU or MIG device that does not report its utilization is not picked when this is set.
     type: int
   exclude:
-    description: GPUs never to pick, by index or UUID. Naming a GPU that does not exist is an error.
+    description:
+      - GPUs never to pick, by index or UUID. Naming a GPU that does not exist is an error.
+      - UUIDs match regardless of case (C(GPU-6F4A...) names C(GPU-6f4a...)); the result gives them as NVML prints
+        them.
     type: list
     elements: str
     default: []
