@@ -31,9 +31,9 @@ SMI_FIELDS = ("index", "uuid", "name", "pci.bus_id", "memory.total", "memory.use
               "utilization.gpu", "temperature.gpu", "ecc.errors.uncorrected.volatile.total", "mig.mode.current",
               "persistence_mode", "mig.mode.pending", "retired_pages.pending", "remapped_rows.pending",
               "remapped_rows.failure")
-# Fields an older nvidia-smi may not know (MIG and row remapping came with the Ampere drivers, r450): such a driver
-# refuses the whole query naming the first field it does not know, and the query is run again without it. What
-# each one checks is then unchecked, never taken as fine: see _smi_result.
+# Fields an older nvidia-smi may not know (MIG and row remapping came with Ampere; which driver first knows each
+# field was not confirmed): such a driver refuses the whole query naming the first field it does not know, and the
+# query is run again without it. What each one checks is then unchecked, never taken as fine: see _smi_result.
 SMI_OPTIONAL = {
     "mig.mode.pending": ("mig_enabled_pending", "MIG mode pending a reset"),
     "retired_pages.pending": ("retired_pages_pending", "memory pages pending retirement"),

@@ -159,7 +159,7 @@ def cells_of(index, used=0, changes=None):
 
 
 def test_a_driver_without_row_remapping_leaves_it_unchecked_and_the_gpus_usable(monkeypatch):
-    # As an r440 nvidia-smi on a Volta host would: it retires pages, and knows nothing of row remapping.
+    # Constructed, not captured: a driver that knows page retirement but not row remapping.
     smi = OldSmi(["remapped_rows.pending", "remapped_rows.failure"],
                  [cells_of(0, changes={"retired_pages.pending": "Yes"}),
                   cells_of(1, used=5000, changes={"retired_pages.pending": "No"})])
