@@ -44,6 +44,9 @@ attributes:
     details: The ledger before and after.
 requirements:
   - nvidia-ml-py (C(pynvml)) or C(nvidia-smi), when an instance needs GPUs picked.
+notes:
+  - What each refusal and each skipped GPU means, and what to do, is listed in the collection's
+    C(docs/gpu-selection.md), with RV(unchecked) and RV(health_unchecked).
 options:
   path:
     description: The ledger file. Its directory must exist.

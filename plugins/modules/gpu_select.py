@@ -122,6 +122,8 @@ options:
     default: 10
 notes:
   - Runs on the GPU host. Uses NVML from the nvidia-ml-py package when it is installed.
+  - Every reason a GPU can be skipped for, what it means and what to do, is listed in the collection's
+    C(docs/gpu-selection.md).
 seealso:
   - name: nvitop's device selection
     description: The ranking convention this module follows.
@@ -218,13 +220,20 @@ attempts:
   sample: [{backend: nvml, ok: false, error: the nvidia-ml-py library (import pynvml) is not installed}]
 devices:
   description:
-    - Every GPU with its stats, C(selected), C(eligible), and C(reasons) (why it was not picked).
+    - Every GPU with its stats, C(selected), C(eligible), and C(reasons) (why it was not picked), each reason one of
+      those in C(docs/gpu-selection.md). Among them, C(memory pages are pending retirement ...),
+      C(a memory row remapping is pending ...), C(a memory row remapping failed ...) and
+      C(MIG mode is enabled pending a GPU reset ...) with either backend; C(utilization unknown ...) when the GPU
+      does not report utilization and O(max_utilization) is set; C(its compute processes could not be listed ...,
+      so idleness cannot be proven) with O(require_idle), where NVML refuses the process list (NVML error 4, no
+      permission; 3, not supported), such a GPU being otherwise selectable.
     - A GPU that could not be read has C(error) instead of its stats, and a null C(index) when even that was
       unreadable.
     - C(mig_enabled_pending), C(retired_pages_pending), C(remapped_rows_pending) and C(remapped_rows_failure) are
       true, false, or null where the GPU cannot tell (it has no such mechanism; pages are retired before Ampere,
       rows remapped from Ampere on) or the backend could not ask (then the GPU's C(unchecked) says which).
     - With the C(nvml) backend, C(processes_error) where NVML would not list the GPU's compute processes.
+    - C(unchecked) on a GPU the backend could not fully check, as in RV(unchecked).
   returned: when a backend observed the GPUs
   type: list
   elements: dict
