@@ -6,6 +6,7 @@ build/logs/monitoring-lab-alerts.json (benchmarks/README.md reports them)."""
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -68,6 +69,9 @@ def monitored(lab_hosts):
         "monitoring_prometheus_scrape_interval": "5s", "monitoring_prometheus_evaluation_interval": "5s",
         "monitoring_gpu_metrics_interval": "5s", "monitoring_alertmanager_group_wait": "5s",
         "monitoring_grafana_provisioning": True,
+        # The instances answer only the monitoring host (inferops-lab-1) and this machine, which sends the tests'
+        # traffic: not the other lab host.
+        "vllm_firewall": True, "vllm_firewall_sources": [this_machine()],
         "vllm_instances": [{"name": INSTANCE, "model": "facebook/opt-125m", "model_params": "125M", "port": PORT,
                             "gpu_memory_utilization": 0.3, "max_model_len": 2048}],
     }
@@ -78,6 +82,15 @@ def monitored(lab_hosts):
     for host in lab_hosts:
         restore(host)
         host.run("docker", "rm", "-f", "vllm-" + INSTANCE, check=False)
+        # Left by a failed test before the one that turns it off: later tests must find no firewall.
+        host.sh("systemctl disable --now inferops-vllm-firewall.service; rm -f /etc/systemd/system/inferops-vllm-"
+                "firewall.service; nft delete table inet inferops_vllm", check=False)
+
+
+def this_machine():
+    """This machine's address as the lab hosts see it: the gateway of Docker's default bridge."""
+    return subprocess.run(["docker", "network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def restore(host):
@@ -281,3 +294,42 @@ def test_injected_faults_fire_their_alerts(monitored, lab_hosts):
                       handle, indent=2)
         for host in (restarting, faulty):
             restore(host)
+
+
+def metrics_from(client, host):
+    """curl's exit code and HTTP status for `host`'s instance /metrics, asked from the lab host `client` (7: the
+    connection was refused or reset; 28: no answer in 5 s)."""
+    result = client.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                        "http://%s:%d/metrics" % (host.ip, PORT), check=False)
+    return result.returncode, result.stdout
+
+
+def test_the_instances_answer_the_monitoring_host_and_the_allowed_sources_only(monitored, lab_hosts):
+    """Issue 15: an instance's /metrics (open in vLLM whatever its key) reaches the monitoring host, not the
+    other hosts. inferops-lab-2 is neither a gateway nor the monitoring host."""
+    monitoring_host, other = lab_hosts[0], lab_hosts[1]
+    assert metrics_from(monitoring_host, other) == (0, "200")
+    # Reset at once (curl's 7), not left to time out.
+    assert metrics_from(other, monitoring_host) == (7, "000")
+    # A host reaches its own instance, by its address or the loopback.
+    assert metrics_from(other, other) == (0, "200")
+    assert other.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                     "http://127.0.0.1:%d/metrics" % PORT).stdout == "200"
+    rules = other.run("nft", "list", "table", "inet", "inferops_vllm").stdout
+    assert re.search(r"elements = \{ %d \}" % PORT, rules) and monitoring_host.ip in rules and this_machine() in rules
+    # Prometheus on the monitoring host still scrapes both instances.
+    prometheus = monitored["prometheus"]
+    assert wait(lambda: len(prometheus.query('up{job="vllm"} == 1')) == 2, 30), prometheus.query('up{job="vllm"}')
+
+
+def test_the_firewall_goes_when_it_is_turned_off(monitored, lab_hosts):
+    extra = {"vllm_firewall": False,
+             "vllm_instances": [{"name": INSTANCE, "model": "facebook/opt-125m", "model_params": "125M", "port": PORT,
+                                 "gpu_memory_utilization": 0.3, "max_model_len": 2048}]}
+    proc = playbook(os.path.join(ROOT, "tests", "integration", "playbooks", "vllm_lab.yml"), extra)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    monitoring_host, other = lab_hosts[0], lab_hosts[1]
+    assert metrics_from(other, monitoring_host) == (0, "200")
+    for host in lab_hosts:
+        assert host.run("nft", "list", "table", "inet", "inferops_vllm", check=False).returncode != 0
+        assert host.run("test", "-e", "/etc/systemd/system/inferops-vllm-firewall.service", check=False).returncode == 1
