@@ -178,8 +178,8 @@ GATEWAY = {
              [target("sum by (host) (haproxy_backend_active_servers{%s})" % POOL, "{{host}}")],
              "Instances that pass their health check (and their watchdog's agent check); 0 on a gateway is "
              "alert GatewayNoBackendInRotation.", thresholds=red_below(1)),
-        stat("Requests/s at the edge", "reqps", [target("sum(rate(haproxy_frontend_http_requests_total{%s}%s))"
-                                                       % (EDGE, RATE))],
+        stat("Requests/s at the edge", "reqps",
+             [target("sum(rate(haproxy_frontend_http_requests_total{%s}%s))" % (EDGE, RATE))],
              "Every request the gateways received, refused ones included."),
         stat("4xx share at the edge", "percentunit",
              [target('(sum(rate(haproxy_frontend_http_responses_total{%s,code="4xx"}%s)) or vector(0))'

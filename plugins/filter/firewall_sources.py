@@ -105,6 +105,7 @@ def firewall_sources(sources, hosts=None):
                           for network in merged]
     return result
 
+
 class FilterModule(object):
     def filters(self):
         return {"firewall_sources": firewall_sources}

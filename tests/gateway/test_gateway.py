@@ -510,6 +510,7 @@ def test_every_query_of_the_gateways_dashboard_returns_data_after_traffic(fleet,
     in_rotation, = [series for where, series in found.items() if "Instances in rotation" in where]
     assert [(sample["metric"]["host"], sample["value"][1]) for sample in in_rotation] == [("gw-monitored", "2")]
 
+
 def gateway_server(gateway, **args):
     """The collection's gateway_server module, run by Ansible on this machine against the test gateway's socket."""
     args.setdefault("socket", gateway.values["gateway_admin_socket"])
