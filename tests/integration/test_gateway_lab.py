@@ -128,6 +128,21 @@ def test_both_hosts_serve_through_the_gateway_and_every_path_wants_a_key(gateway
     assert all(a > b for a, b in zip(after, before)), (before, after)
 
 
+def test_the_instances_answer_the_gateway_and_not_the_other_host(lab_hosts):
+    """The scenario's instances sit behind the vllm role's firewall (docs/firewall.md): the gateway's host reaches
+    the other host's instance, which served its share above; inferops-lab-2, neither a gateway nor the monitoring
+    host, gets a reset from inferops-lab-1's instance (curl's 7) instead of its /metrics."""
+    gateway_host, other = lab_hosts[0], lab_hosts[1]
+
+    def metrics(client, server):
+        result = client.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                            "http://%s:8001/metrics" % server.ip, check=False)
+        return result.returncode, result.stdout
+
+    assert metrics(gateway_host, other) == (0, "200")
+    assert metrics(other, gateway_host) == (7, "000")
+
+
 def run_gateway_role(extra):
     inventory = os.environ["GATEWAY_LAB_INVENTORY"]
     cmd = ["ansible-playbook", os.path.join(ROOT, "tests", "integration", "playbooks", "gateway.yml"), "-i",
