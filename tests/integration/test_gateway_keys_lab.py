@@ -8,12 +8,14 @@ import os
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import yaml
 
 from ansible_run import ROOT, ansible_env
-from test_gateway_lab import CONTAINER, KEYS, completion, endpoint, run_gateway_role
+from test_gateway_lab import CONTAINER, KEYS, PORT, Traffic, completion, endpoint, run_gateway_role
 
 pytestmark = pytest.mark.gateway
 
@@ -23,9 +25,9 @@ def gateway(lab_hosts):
     return endpoint(lab_hosts[0])
 
 
-def rotate(tmp_path, phase):
+def rotate(tmp_path, phase, target="gateway"):
     cmd = ["ansible-playbook", os.path.join(ROOT, "playbooks", "runbooks", "rotate_api_key.yml"), "-i",
-           os.environ["GATEWAY_LAB_INVENTORY"], "-e", "target=gateway", "-e", "phase=%s" % phase,
+           os.environ["GATEWAY_LAB_INVENTORY"], "-e", "target=%s" % target, "-e", "phase=%s" % phase,
            "-e", "new_key_file=%s" % (tmp_path / "new-key"), "-e", "keys_vars_file=%s" % (tmp_path / "keys.yml")]
     env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOAD_CALLBACK_PLUGINS="0")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
@@ -85,3 +87,46 @@ def test_a_client_key_rotation_at_the_gateway_fails_no_request_and_cannot_be_und
     restored = run_gateway_role({"gateway_allow_retired_keys": True})
     assert restored.returncode == 0, restored.stdout[-3000:]
     assert completion(gateway, KEYS[0]) == 200
+
+
+# The instances' key in the lab's inventory (inventories/lab/group_vars/vllm_hosts.yml), which the gateway presents.
+INSTANCE_KEY = "lab-demo-key-not-a-secret"
+
+
+def models_status(host, key):
+    """What the instance on `host` answers /v1/models with `key`, asked directly (this machine is in the scenario's
+    vllm_firewall_sources)."""
+    request = urllib.request.Request("http://%s:%d/v1/models" % (host.ip, PORT),
+                                     headers={"Authorization": "Bearer " + key})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_an_instance_key_rotation_behind_the_gateway_fails_no_request_and_cuts_no_stream(gateway, lab_hosts, tmp_path):
+    """Issue 14: rotate_api_key.yml target=instances, both phases, with completions and 300-token streams running
+    through the gateway the whole time. Each instance restarts once per phase, one host at a time, drained at the
+    gateway first; between the phases the gateway switches to presenting the new key. No request fails, no stream
+    is cut, and afterwards the instances take only the new key, the gateway still serves, and the keys file holds
+    the new key for the next deploy. Run last: the scenario's destroy recreates the lab hosts."""
+    started = {host.name: host.container_state(CONTAINER)["StartedAt"] for host in lab_hosts}
+    assert all(models_status(host, INSTANCE_KEY) == 200 for host in lab_hosts)
+    began = time.monotonic()
+    with Traffic(gateway) as traffic:
+        result = rotate(tmp_path, "all", target="instances")
+    elapsed = time.monotonic() - began
+    failed, cut = traffic.report("instance key rotation (%.0f s)" % elapsed)
+    assert result.returncode == 0, result.stdout[-4000:]
+    new_key = (tmp_path / "new-key").read_text().strip()
+    assert len(new_key) == 48 and new_key not in result.stdout + result.stderr
+    assert failed == [] and cut == []
+    assert len(traffic.completions) > 50 and len(traffic.streams) > 3
+    # Both instances restarted (a restart per phase), and now take the new key only.
+    assert all(host.container_state(CONTAINER)["StartedAt"] != started[host.name] for host in lab_hosts)
+    assert [models_status(host, key) for host in lab_hosts for key in (INSTANCE_KEY, new_key)] == [401, 200] * 2
+    assert completion(gateway, KEYS[0]) == 200
+    assert yaml.safe_load((tmp_path / "keys.yml").read_text()) == {"vllm_api_keys": [new_key]}
+    assert lab_hosts[0].run("stat", "-c", "%a", "/etc/haproxy/inferops/backend-key.map").stdout.strip() == "640"
+    assert new_key in lab_hosts[0].read("/etc/haproxy/inferops/backend-key.map")
