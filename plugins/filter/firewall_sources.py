@@ -14,7 +14,8 @@ description:
   - Reads the networks and addresses a user lists, and the addresses of the inventory hosts that may reach the
     instances (gateways, the monitoring host), and returns them as nftables takes them, one list per family.
   - An address is an IPv4 or IPv6 address or network in CIDR notation. A network with host bits set (C(10.0.0.5/24))
-    is refused rather than widened, since the user may have meant a single address.
+    is refused rather than widened, since the user may have meant a single address. An IPv4 address written as
+    IPv6 (C(::ffff:10.0.0.7)) is refused too, since IPv4 clients never arrive in that form.
   - A value that is not one (a host name, text with spaces or newlines, an empty value, a prefix out of range) is an
     error naming the field or the host and the fix, so nothing is written from it.
 options:
@@ -25,8 +26,9 @@ options:
     required: true
   hosts:
     description:
-      - "Inventory hosts that may reach the instances, as a dict: C({inventory name: address})."
-      - Their address must be an IP address; a name cannot go into the firewall's sets.
+      - "Inventory hosts that may reach the instances, as a dict: C({inventory name: address or list of addresses})."
+      - Each address must be an IP address, the one the host connects from; a name cannot go into the firewall's sets.
+        A host whose value is null is not in the inventory, which is an error naming it.
     type: dict
     default: {}
 """
@@ -61,6 +63,9 @@ from ansible.errors import AnsibleFilterError
 from ansible.module_utils.six import string_types
 
 
+IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
 def _shown(value):
     # A hostile value can be long: the message names it, it need not repeat all of it.
     text = repr(value)
@@ -72,14 +77,33 @@ def _network(value, where, fix):
     if not isinstance(value, string_types) or not value or value != value.strip() or "%" in value:
         raise AnsibleFilterError("firewall_sources: %s: %s is not an IP address or network; %s" % (where, _shown(value), fix))
     try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError as error:
-        if "has host bits set" in str(error):
-            single = value.split("/", 1)[0]
-            raise AnsibleFilterError(
-                "firewall_sources: %s: %s has host bits set; write the network (%s) or the address alone (%s)"
-                % (where, _shown(value), ipaddress.ip_network(value, strict=False), single))
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
         raise AnsibleFilterError("firewall_sources: %s: %s is not an IP address or network; %s" % (where, _shown(value), fix))
+    network = ipaddress.ip_network(str(loose.network_address) + "/%d" % loose.prefixlen)
+    if "/" in value and ipaddress.ip_address(value.split("/", 1)[0]) != network.network_address:
+        raise AnsibleFilterError(
+            "firewall_sources: %s: %s has host bits set; write the network (%s) or the address alone (%s)"
+            % (where, _shown(value), network, value.split("/", 1)[0]))
+    # An IPv4 client arrives as IPv4, never as ::ffff:a.b.c.d: such an element would match nothing.
+    if network.version == 6 and network.subnet_of(IPV4_MAPPED):
+        raise AnsibleFilterError("firewall_sources: %s: %s is IPv4 written as IPv6 (in %s); write the IPv4 address or "
+                                 "network" % (where, _shown(value), IPV4_MAPPED))
+    return network
+
+
+def _host_networks(name, addresses):
+    if addresses is None:
+        raise AnsibleFilterError("firewall_sources: host %s (in vllm_firewall_hosts) is not a host of the inventory; "
+                                 "correct the name or remove it from vllm_firewall_hosts" % _shown(name))
+    if isinstance(addresses, string_types):
+        addresses = [addresses]
+    if not isinstance(addresses, list) or not addresses:
+        raise AnsibleFilterError("firewall_sources: host %s (in vllm_firewall_hosts): its vllm_firewall_address is an "
+                                 "address or a list of addresses, got %s" % (name, _shown(addresses)))
+    fix = ("set that host's vllm_firewall_address to the IP address (or list of addresses) it connects from, or list "
+           "its network in vllm_firewall_sources")
+    return [_network(address, "host %s (in vllm_firewall_hosts)" % name, fix) for address in addresses]
 
 
 def firewall_sources(sources, hosts=None):
@@ -93,10 +117,7 @@ def firewall_sources(sources, hosts=None):
     networks = [_network(value, "vllm_firewall_sources", "give addresses or networks such as 10.0.0.7 or 10.0.0.0/24")
                 for value in sources]
     for name in sorted(hosts):
-        networks.append(_network(
-            hosts[name], "host %s (in vllm_firewall_hosts)" % name,
-            "set that host's vllm_firewall_address (or monitoring_scrape_address) to its IP address, or list its "
-            "network in vllm_firewall_sources"))
+        networks.extend(_host_networks(name, hosts[name]))
     result = {}
     for family, version in (("ipv4", 4), ("ipv6", 6)):
         # Merged, because nftables refuses overlapping elements in an interval set.

@@ -500,9 +500,10 @@ def test_every_query_of_the_gateways_dashboard_returns_data_after_traffic(fleet,
     def classes_seen():
         return {sample["metric"]["code"] for sample in scraped(prometheus, by_class) if float(sample["value"][1]) > 0}
 
-    # Scraped since the traffic: its 2xx and its 401s show in the rates (polled, at most 20 s).
+    # Scraped since the traffic: its 401s show in the rates (polled, at most 20 s). Not its 2xx: Prometheus's own
+    # scrapes of /metrics, on the same frontend, are 2xx too.
     deadline = time.monotonic() + 20
-    while not classes_seen() >= {"2xx", "4xx"}:
+    while "4xx" not in classes_seen():
         assert time.monotonic() < deadline, scraped(prometheus, by_class)
         time.sleep(0.5)
     found = {where: scraped(prometheus, expr) for where, expr in queries.items()}

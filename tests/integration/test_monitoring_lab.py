@@ -304,13 +304,44 @@ def metrics_from(client, host):
     return result.returncode, result.stdout
 
 
+def resets(host):
+    """How many new connections the firewall on `host` has reset so far (its reject rule's counter)."""
+    chain = host.run("nft", "list", "chain", "inet", "inferops_vllm", "allowed_or_reset").stdout
+    return int(re.search(r"ct state new counter packets (\d+) bytes \d+ reject", chain).group(1))
+
+
 def test_the_instances_answer_the_monitoring_host_and_the_allowed_sources_only(monitored, lab_hosts):
     """Issue 15: an instance's /metrics (open in vLLM whatever its key) reaches the monitoring host, not the
-    other hosts. inferops-lab-2 is neither a gateway nor the monitoring host."""
+    other hosts. inferops-lab-2 is neither a gateway nor the monitoring host: it is reset by the published port, by
+    the container's own address through a route to the bridge, and so is another container on the same host."""
     monitoring_host, other = lab_hosts[0], lab_hosts[1]
     assert metrics_from(monitoring_host, other) == (0, "200")
-    # Reset at once (curl's 7), not left to time out.
+    # The instance serves (it answers its own host just before), and the other host gets a reset: curl's 7, not a
+    # timeout, and counted by the firewall's reject rule.
+    assert metrics_from(monitoring_host, monitoring_host) == (0, "200")
+    before = resets(monitoring_host)
     assert metrics_from(other, monitoring_host) == (7, "000")
+    assert resets(monitoring_host) == before + 1
+    # A neighbour that routes to the container's own address, past Docker's published port.
+    container = "vllm-" + INSTANCE
+    address = monitoring_host.run("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                                  container).stdout.strip()
+    other.run("ip", "route", "replace", address + "/32", "via", monitoring_host.ip)
+    try:
+        direct = other.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                           "http://%s:%d/metrics" % (address, PORT), check=False)
+    finally:
+        other.run("ip", "route", "del", address + "/32", check=False)
+    assert (direct.returncode, direct.stdout) == (7, "000")
+    assert resets(monitoring_host) == before + 2
+    # Another container on the monitoring host, on the same bridge as the instance.
+    image = monitoring_host.run("docker", "inspect", "-f", "{{.Config.Image}}", container).stdout.strip()
+    probe = monitoring_host.run(
+        "docker", "run", "--rm", "--entrypoint", "python3", image, "-c",
+        "import socket\ntry:\n socket.create_connection(('%s', %d), 5)\n print('connected')\n"
+        "except OSError as error:\n print(type(error).__name__)" % (address, PORT), check=False)
+    assert probe.stdout.strip() == "ConnectionRefusedError", probe.stdout + probe.stderr
+    assert resets(monitoring_host) == before + 3
     # A host reaches its own instance, by its address or the loopback.
     assert metrics_from(other, other) == (0, "200")
     assert other.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
@@ -322,14 +353,26 @@ def test_the_instances_answer_the_monitoring_host_and_the_allowed_sources_only(m
     assert wait(lambda: len(prometheus.query('up{job="vllm"} == 1')) == 2, 30), prometheus.query('up{job="vllm"}')
 
 
-def test_the_firewall_goes_when_it_is_turned_off(monitored, lab_hosts):
-    extra = {"vllm_firewall": False,
-             "vllm_instances": [{"name": INSTANCE, "model": "facebook/opt-125m", "model_params": "125M", "port": PORT,
-                                 "gpu_memory_utilization": 0.3, "max_model_len": 2048}]}
-    proc = playbook(os.path.join(ROOT, "tests", "integration", "playbooks", "vllm_lab.yml"), extra)
-    assert proc.returncode == 0, proc.stdout[-5000:]
+def test_a_table_removed_behind_the_roles_back_is_loaded_again_and_turning_it_off_removes_everything(
+        monitored, lab_hosts):
     monitoring_host, other = lab_hosts[0], lab_hosts[1]
+    # What a host firewall's `flush ruleset` does: the unit still reads as started.
+    monitoring_host.run("nft", "delete", "table", "inet", "inferops_vllm")
+    assert metrics_from(other, monitoring_host) == (0, "200")
+    instances = [{"name": INSTANCE, "model": "facebook/opt-125m", "model_params": "125M", "port": PORT,
+                  "gpu_memory_utilization": 0.3, "max_model_len": 2048}]
+    again = playbook(os.path.join(ROOT, "tests", "integration", "playbooks", "vllm_lab.yml"),
+                     {"vllm_firewall": True, "vllm_firewall_sources": [this_machine()], "vllm_instances": instances})
+    assert again.returncode == 0, again.stdout[-5000:]
+    assert metrics_from(other, monitoring_host) == (7, "000")
+
+    off = playbook(os.path.join(ROOT, "tests", "integration", "playbooks", "vllm_lab.yml"),
+                   {"vllm_firewall": False, "vllm_instances": instances})
+    assert off.returncode == 0, off.stdout[-5000:]
     assert metrics_from(other, monitoring_host) == (0, "200")
     for host in lab_hosts:
         assert host.run("nft", "list", "table", "inet", "inferops_vllm", check=False).returncode != 0
-        assert host.run("test", "-e", "/etc/systemd/system/inferops-vllm-firewall.service", check=False).returncode == 1
+        for path in ("/etc/systemd/system/inferops-vllm-firewall.service", "/etc/vllm/vllm-firewall.nft"):
+            assert host.run("test", "-e", path, check=False).returncode == 1, path
+        enabled = host.run("systemctl", "is-enabled", "inferops-vllm-firewall.service", check=False)
+        assert enabled.returncode != 0 and "enabled" != enabled.stdout.strip()

@@ -44,6 +44,20 @@ def test_an_inventory_host_known_by_name_only_is_refused_naming_it_and_the_fix()
     assert "host gw-2" in str(raised.value) and "vllm_firewall_address" in str(raised.value)
 
 
+@pytest.mark.parametrize("value", ["::ffff:10.0.0.7", "::ffff:10.0.0.0/120", "::ffff:0:0/96"])
+def test_ipv4_written_as_ipv6_is_refused(value):
+    with pytest.raises(AnsibleFilterError, match="IPv4 written as IPv6"):
+        firewall_sources([value])
+
+
+def test_a_host_may_have_several_addresses_and_one_not_in_the_inventory_is_named():
+    assert firewall_sources([], {"gw-1": ["10.0.0.7", "fd00::7"]}) == {"ipv4": ["10.0.0.7"], "ipv6": ["fd00::7"]}
+    with pytest.raises(AnsibleFilterError, match="host 'gw-9' .* is not a host of the inventory"):
+        firewall_sources([], {"gw-9": None})
+    with pytest.raises(AnsibleFilterError, match="vllm_firewall_address is an address or a list"):
+        firewall_sources([], {"gw-1": []})
+
+
 @pytest.mark.parametrize("sources, hosts", [("10.0.0.1", {}), ({"a": "10.0.0.1"}, {}), ([], ["10.0.0.1"])])
 def test_the_wrong_shapes_are_refused(sources, hosts):
     with pytest.raises(AnsibleFilterError):
@@ -56,7 +70,9 @@ def networks_of(version, longest):
         lambda pair: ipaddress.ip_network("%s/%d" % pair, strict=False))
 
 
-NETWORKS = st.one_of(networks_of(4, 32), networks_of(6, 128))
+MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+NETWORKS = st.one_of(networks_of(4, 32),
+                     networks_of(6, 128).filter(lambda network: not network.subnet_of(MAPPED)))
 
 
 @hsettings(max_examples=200, deadline=None)
@@ -76,7 +92,8 @@ def test_the_result_covers_exactly_what_was_given_and_holds_no_overlap(networks)
 
 
 @hsettings(max_examples=300, deadline=None)
-@given(st.text(max_size=60))
+@given(st.one_of(st.text(max_size=60), NETWORKS.map(str), st.ip_addresses().map(str),
+                 st.tuples(st.ip_addresses(), st.integers(-1, 130)).map(lambda pair: "%s/%d" % pair)))
 def test_any_text_is_an_address_of_the_result_or_refused(text):
     try:
         got = firewall_sources([text])
