@@ -31,29 +31,26 @@ for tool in "${wanted[@]}"; do
     [ "$tool" = haproxy ] || [ "$tool" = nft ] && continue
     install -m 0755 "$work/root/usr/bin/$tool" "$dest/$tool"
 done
-rm -rf build/tools/haproxy
-mkdir -p build/tools/haproxy/lib
-install -m 0755 "$work/root/usr/sbin/haproxy" build/tools/haproxy/haproxy
-cp -a "$work"/root/usr/lib/x86_64-linux-gnu/liblua5.3.so.0* "$work"/root/usr/lib/x86_64-linux-gnu/libopentracing* \
-    build/tools/haproxy/lib/
-cat >"$dest/haproxy" <<'WRAPPER'
-#!/bin/sh
-here=$(dirname "$(readlink -f "$0")")/../haproxy
-LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/haproxy" "$@"
-WRAPPER
-chmod 0755 "$dest/haproxy"
+# A program from /usr/sbin with its libraries under build/tools/NAME, run through a wrapper in build/tools/bin that
+# points the loader at them. Arguments: NAME, then the library globs (under /usr/lib/x86_64-linux-gnu).
+install_with_libraries() {
+    local name=$1 glob
+    shift
+    rm -rf "build/tools/$name"
+    mkdir -p "build/tools/$name/lib"
+    install -m 0755 "$work/root/usr/sbin/$name" "build/tools/$name/$name"
+    for glob in "$@"; do
+        # shellcheck disable=SC2086 # the glob is meant to expand
+        cp -a "$work"/root/usr/lib/x86_64-linux-gnu/$glob "build/tools/$name/lib/"
+    done
+    # shellcheck disable=SC2016 # expanded when the wrapper runs
+    printf '#!/bin/sh\nhere=$(dirname "$(readlink -f "$0")")/../%s\nLD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/%s" "$@"\n' \
+        "$name" "$name" >"$dest/$name"
+    chmod 0755 "$dest/$name"
+}
+install_with_libraries haproxy 'liblua5.3.so.0*' 'libopentracing*'
 # nft, for the vllm role's firewall rules (nft --check asks the kernel, so it checks only where it runs as root).
-rm -rf build/tools/nft
-mkdir -p build/tools/nft/lib
-install -m 0755 "$work/root/usr/sbin/nft" build/tools/nft/nft
-cp -a "$work"/root/usr/lib/x86_64-linux-gnu/libnftables.so.1* "$work"/root/usr/lib/x86_64-linux-gnu/libjansson.so.4* \
-    build/tools/nft/lib/
-cat >"$dest/nft" <<'WRAPPER'
-#!/bin/sh
-here=$(dirname "$(readlink -f "$0")")/../nft
-LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/nft" "$@"
-WRAPPER
-chmod 0755 "$dest/nft"
+install_with_libraries nft 'libnftables.so.1*' 'libjansson.so.4*'
 # sed reads the whole output: with head, a program still writing after the first line would die of SIGPIPE, and
 # pipefail would fail this script at random (it did, in CI).
 "$dest/promtool" --version 2>&1 | sed -n 1p
