@@ -2,7 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The docker backend of vllm_serve, through the Docker SDK: GPUs go in as DeviceRequests (no CLI, no quoting),
 with --init semantics, shared memory, a restart policy, the HF cache volume, a HEALTHCHECK whose start period
-suits the model's size, and labels that carry the hash of the desired configuration."""
+suits the model's size, its own stop timeout (Docker's StopTimeout, so that any `docker stop`, `docker restart` or the
+daemon's shutdown waits as long as the module's stops), and labels that carry the hash of the desired
+configuration."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -17,6 +19,7 @@ from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import LA
 try:
     import docker
     from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+    from docker.models import containers as docker_containers
     from docker.types import DeviceRequest, LogConfig
 except ImportError:
     docker = None
@@ -104,9 +107,8 @@ class DockerInstance(object):
         else:
             host_config["shm_size"] = "%dm" % p["shm_size_mib"]
         volumes = dict((host, {"bind": inside, "mode": mode}) for host, inside, mode in self.spec.container_mounts())
-        container = _call(
-            "creating container %s" % self.spec.container_name, self.client.containers.create,
-            self.image, command=self.spec.serve_args(), name=self.spec.container_name, detach=True,
+        kwargs = dict(
+            image=self.image, command=self.spec.serve_args(), name=self.spec.container_name, detach=True,
             environment=self.environment, labels=self.labels, init=True,
             device_requests=[DeviceRequest(driver="nvidia", device_ids=self.spec.gpus, capabilities=[["gpu"]])],
             restart_policy={"Name": p["restart_policy"]}, volumes=volumes,
@@ -115,9 +117,25 @@ class DockerInstance(object):
                          "timeout": 10 * NANOSECONDS, "retries": 5,
                          "start_period": health_start_period * NANOSECONDS},
             log_config=LogConfig(type="json-file", config={"max-size": p["log_max_size"], "max-file": "5"}),
-            # Not stop_timeout: Debian 12's Docker SDK (5.0.3) refuses it here, so the module's stops pass it instead.
             stop_signal="SIGTERM", **host_config)
-        return container
+        return _call("creating container %s" % self.spec.container_name, self._create, kwargs, p["stop_timeout"])
+
+    def _create(self, kwargs, stop_timeout):
+        """containers.create() with the container's own stop timeout: the high-level API takes no stop_timeout (Debian
+        12's SDK 5.0.3 refuses it, and 7.x too), so its arguments are converted as it converts them and the
+        low-level API, which takes it, creates the container."""
+        create_kwargs = docker_containers._create_container_args(dict(kwargs, version=self.client.api.api_version))
+        created = self.client.api.create_container(stop_timeout=stop_timeout, **create_kwargs)
+        return self.client.containers.get(created["Id"])
+
+    @staticmethod
+    def current_stop_timeout(container):
+        """The container's own stop timeout (Config.StopTimeout); None when it has none (Docker's 10 s then), as
+        for a container created before the module set it."""
+        attrs = getattr(container, "attrs", None)
+        config = attrs.get("Config") if isinstance(attrs, dict) else None
+        value = config.get("StopTimeout") if isinstance(config, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def start(self, container):
         _call("starting %s" % self.spec.container_name, container.start)

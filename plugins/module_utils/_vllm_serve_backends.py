@@ -109,17 +109,28 @@ class DockerBackend(Backend):
         self.container = self.docker.current()
         if self.container is None:
             return Actual(False, False, False)
-        return Actual(True, self.docker.is_running(self.container),
-                      self.docker.current_hash(self.container) == self.wanted.get("config_hash"))
+        # The stop timeout is the container's own, not only in its hash: one created before the module set it
+        # (Docker's 10 s) is replaced once.
+        current = (self.docker.current_hash(self.container) == self.wanted.get("config_hash")
+                   and self.docker.current_stop_timeout(self.container) == self.stop_timeout)
+        return Actual(True, self.docker.is_running(self.container), current)
 
     def before_summary(self):
-        return self.docker.current_summary(self.container) if self.container is not None else {}
+        if self.container is None:
+            return {}
+        return dict(self.docker.current_summary(self.container),
+                    stop_timeout=self.docker.current_stop_timeout(self.container))
+
+    def after_summary(self):
+        if not self.wanted:
+            return {}
+        return dict(self.wanted.get("summary", {}), stop_timeout=self.stop_timeout)
 
     def diff(self):
-        return self.before_summary(), self.wanted.get("summary", {})
+        return self.before_summary(), self.after_summary()
 
     def fields(self):
-        before, after = self.before_summary(), dict(self.wanted.get("summary", {}))
+        before, after = self.before_summary(), self.after_summary()
         if self.container is not None:
             before["config_hash"] = self.docker.current_hash(self.container)
         if self.wanted:

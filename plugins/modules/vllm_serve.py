@@ -211,8 +211,11 @@ options:
     type: int
   stop_timeout:
     description:
-      - Seconds to wait for a graceful stop before killing (also the container's own stop timeout, so any
-        C(docker stop) waits as long).
+      - Seconds to wait for a graceful stop before killing.
+      - With the V(docker) backend the container keeps it as its own stop timeout (Docker's C(StopTimeout)), so any
+        other C(docker stop), C(docker restart) or the Docker daemon's shutdown waits as long. A container whose own
+        stop timeout differs is recreated; one created by an earlier version of this module has none, so it is
+        recreated once.
       - Must exceed O(shutdown_timeout).
     type: int
     default: 30
@@ -379,9 +382,10 @@ changed_fields:
   description:
     - The fields that differ between the instance as it is and as wanted, sorted; empty when it matches.
     - For the V(docker) backend, the fields of the summary in diff mode (C(image), C(args), C(gpus), C(env),
-      C(backend)); for the V(systemd) and V(venv) backends, the unit's directives (C(ExecStart), C(TimeoutStartSec),
-      ...). C(config_hash) differs too whenever the configuration does, including the settings and secrets that no
-      other field shows. Every field, for a new instance or one removed.
+      C(backend)) and the container's own C(stop_timeout); for the V(systemd) and V(venv) backends, the unit's
+      directives (C(ExecStart), C(TimeoutStartSec), ...). C(config_hash) differs too whenever the configuration
+      does, including the settings and secrets that no other field shows. Every field, for a new instance or one
+      removed.
   returned: in diff mode
   type: list
   elements: str

@@ -14,10 +14,13 @@ from vllm_serve_fakes import Exited, FakeModule, params, snapshot_of
 
 
 class FakeContainer(object):
-    def __init__(self, calls, labels, running, name="vllm-llama"):
+    """config: the container's Config as Docker reports it; one created before the module set a stop timeout has no
+    StopTimeout."""
+
+    def __init__(self, calls, labels, running, name="vllm-llama", config=None):
         self.calls = calls
         self.labels = labels
-        self.attrs = {"State": {"Running": running}}
+        self.attrs = {"State": {"Running": running}, "Config": config if config is not None else {}}
         self.id, self.name, self.status = "c0ffee", name, "running" if running else "exited"
 
     def start(self):
@@ -34,16 +37,24 @@ class FakeContainer(object):
 
 
 class FakeClient(object):
+    """The SDK's client: containers.get, images.get and images.pull, and the low-level api.create_container, which
+    takes what the SDK's own _create_container_args made of the high-level arguments (kept in create_kwargs)."""
+
     def __init__(self, container, image_present):
         self.calls = []
         self.container = container
         self.image_present = image_present
         self.containers = self
         self.images = self
+        self.api = self
+        self.api_version = "1.41"
         self.created = None
+        self.create_kwargs = None
 
     def get(self, name):
         self.calls.append("get %s" % name)
+        if self.created is not None and name == self.created.id:
+            return self.created
         if name.startswith("vllm-"):
             if self.container is None:
                 raise NotFound("no such container")
@@ -55,10 +66,13 @@ class FakeClient(object):
     def pull(self, image):
         self.calls.append("pull %s" % image)
 
-    def create(self, image, **kwargs):
+    def create_container(self, image, **kwargs):
         self.calls.append("create %s" % image)
-        self.created = FakeContainer(self.calls, kwargs["labels"], False)
-        return self.created
+        self.create_kwargs = dict(kwargs, image=image)
+        # As Docker keeps it: StopTimeout only when one was given.
+        config = {} if kwargs.get("stop_timeout") is None else {"StopTimeout": kwargs["stop_timeout"]}
+        self.created = FakeContainer(self.calls, kwargs["labels"], False, config=config)
+        return {"Id": self.created.id, "Warnings": []}
 
 
 def serve(monkeypatch, tmp_path, client, check_mode=False, diff=False, **overrides):
@@ -80,11 +94,11 @@ def test_a_stale_running_container_is_stopped_removed_created_and_started(monkey
     client.container = stale_container(client.calls, running=True)
     result = serve(monkeypatch, tmp_path, client, diff=True)
     assert client.calls == ["get vllm-llama", "get vllm/vllm-openai:v0.33.0", "stop 30", "remove",
-                            "create vllm/vllm-openai:v0.33.0", "start", "reload"]
+                            "create vllm/vllm-openai:v0.33.0", "get c0ffee", "start", "reload"]
     assert result["changed"] is True and result["interrupts"] is True
     assert result["container"] == {"id": "c0ffee", "name": "vllm-llama", "status": "exited"}
-    # The old summary had no environment: the instance marker and the others are new.
-    assert result["changed_fields"] == ["args", "config_hash", "env", "image"]
+    # The old summary had no environment: the instance marker and the others are new; nor a stop timeout.
+    assert result["changed_fields"] == ["args", "config_hash", "env", "image", "stop_timeout"]
     assert client.created.labels[LABEL_PREFIX + "config-hash"] == result["config_hash"]
 
 
@@ -119,7 +133,85 @@ def test_absent_stops_and_removes_the_container(monkeypatch, tmp_path):
     result = serve(monkeypatch, tmp_path, client, state="absent", diff=True)
     assert client.calls == ["get vllm-llama", "stop 30", "remove"]
     assert result["changed"] is True and result["diff"]["before"]["image"] == "vllm/vllm-openai:v0.32.0"
+    assert result["diff"]["before"]["stop_timeout"] is None
     assert "interrupts" not in result
+
+
+def test_the_container_is_created_with_the_stop_timeout_as_its_own(monkeypatch, tmp_path):
+    client = FakeClient(None, image_present=True)
+    result = serve(monkeypatch, tmp_path, client, stop_timeout=45, shutdown_timeout=30)
+    created = client.create_kwargs
+    assert created["stop_timeout"] == 45 and client.created.attrs["Config"] == {"StopTimeout": 45}
+    # The rest went through the SDK's own conversion of the high-level arguments, as containers.create() does.
+    host = created["host_config"]
+    assert created["name"] == "vllm-llama" and created["stop_signal"] == "SIGTERM" and created["detach"] is True
+    assert host["Init"] is True and host["IpcMode"] == "host" and host["RestartPolicy"] == {"Name": "unless-stopped"}
+    assert host["DeviceRequests"][0]["DeviceIDs"] == ["0"] and host["DeviceRequests"][0]["Driver"] == "nvidia"
+    assert host["PortBindings"] == {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8000"}]}
+    assert host["LogConfig"]["Config"] == {"max-size": "100m", "max-file": "5"}
+    assert created["ports"] == [("8000", "tcp")] and created["healthcheck"]["retries"] == 5
+    assert created["labels"][LABEL_PREFIX + "config-hash"] == result["config_hash"]
+    assert result["changed"] is True and result["container"]["id"] == "c0ffee"
+
+
+# A container from before the module set its stop timeout has none; the others are hostile or stale shapes.
+@pytest.mark.parametrize("config, before", [
+    ({}, None), ({"StopTimeout": None}, None), ({"StopTimeout": 10}, 10), ({"StopTimeout": "30"}, None),
+    ({"StopTimeout": True}, None), (None, None)])
+def test_a_container_without_the_wanted_stop_timeout_is_recreated_once_then_left_alone(monkeypatch, tmp_path, config,
+                                                                                       before):
+    client = FakeClient(None, image_present=True)
+    serve(monkeypatch, tmp_path, client)
+    # Same configuration hash, but not its stop timeout.
+    client.container = FakeContainer(client.calls, client.created.labels, True, config=config)
+    if config is None:
+        client.container.attrs = {"State": {"Running": True}}
+    client.created, client.calls[:] = None, []
+    result = serve(monkeypatch, tmp_path, client, diff=True)
+    assert client.calls == ["get vllm-llama", "get vllm/vllm-openai:v0.33.0", "stop 30", "remove",
+                            "create vllm/vllm-openai:v0.33.0", "get c0ffee", "start", "reload"]
+    assert result["changed"] is True and result["interrupts"] is True
+    assert result["changed_fields"] == ["stop_timeout"]
+    assert result["diff"]["before"]["stop_timeout"] == before and result["diff"]["after"]["stop_timeout"] == 30
+    assert client.created.attrs["Config"] == {"StopTimeout": 30}
+    client.container, client.calls[:] = client.created, []
+    client.container.attrs["State"]["Running"] = True
+    result = serve(monkeypatch, tmp_path, client, diff=True)
+    assert client.calls == ["get vllm-llama", "reload"]
+    assert result["changed"] is False and result["interrupts"] is False and result["changed_fields"] == []
+
+
+def test_check_mode_tells_the_recreation_for_a_missing_stop_timeout_and_does_nothing(monkeypatch, tmp_path):
+    client = FakeClient(None, image_present=True)
+    serve(monkeypatch, tmp_path, client)
+    old = client.container = FakeContainer(client.calls, client.created.labels, True)
+    client.created, client.create_kwargs, client.calls[:] = None, None, []
+    result = serve(monkeypatch, tmp_path, client, check_mode=True, diff=True)
+    assert client.calls == ["get vllm-llama", "get vllm/vllm-openai:v0.33.0"]
+    assert result["changed"] is True and result["interrupts"] is True and result["changed_fields"] == ["stop_timeout"]
+    assert client.create_kwargs is None and old.attrs == {"State": {"Running": True}, "Config": {}}
+
+
+def test_another_stop_timeout_recreates_the_container_with_it(monkeypatch, tmp_path):
+    client = FakeClient(None, image_present=True)
+    serve(monkeypatch, tmp_path, client)
+    client.container, client.calls[:] = client.created, []
+    client.container.attrs["State"]["Running"] = True
+    result = serve(monkeypatch, tmp_path, client, diff=True, stop_timeout=60)
+    assert client.calls == ["get vllm-llama", "get vllm/vllm-openai:v0.33.0", "stop 60", "remove",
+                            "create vllm/vllm-openai:v0.33.0", "get c0ffee", "start", "reload"]
+    assert result["changed_fields"] == ["config_hash", "stop_timeout"]
+    assert client.create_kwargs["stop_timeout"] == 60 and client.created.attrs["Config"] == {"StopTimeout": 60}
+
+
+@pytest.mark.parametrize("attrs, expected", [
+    ({"Config": {"StopTimeout": 45}}, 45), ({"Config": {"StopTimeout": 0}}, 0), ({"Config": {}}, None),
+    ({"Config": {"StopTimeout": None}}, None), ({"Config": {"StopTimeout": "45"}}, None),
+    ({"Config": {"StopTimeout": False}}, None), ({"Config": "x"}, None), ({}, None), (None, None), ("x", None)])
+def test_the_containers_own_stop_timeout_is_read_whatever_shape_it_has(attrs, expected):
+    container = FakeContainer([], {}, False)
+    container.attrs = attrs
+    assert _vllm_docker.DockerInstance.current_stop_timeout(container) == expected
 
 
 class FakeSystemd(object):
