@@ -3,7 +3,8 @@
 """The systemd and venv backends of vllm_serve: the unit file of one instance.
 
 - systemd: ExecStart runs `docker run`, with --gpus quoted for systemd's parser (the argv element keeps its
-  double quotes, as docker's CSV reader needs). Secrets are mounted files, never -e values.
+  double quotes, as docker's CSV reader needs) and the instance's stop_timeout as the container's own
+  --stop-timeout. Secrets are mounted files, never -e values.
 - venv: ExecStart runs the `vllm` of a virtualenv with CUDA_VISIBLE_DEVICES (the seeds' style), as the service
   user, logging to <log_dir>/<name>.log.
 """
@@ -19,8 +20,10 @@ from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus,
 
 def docker_run_argv(spec, image, health_start_period, docker_bin="/usr/bin/docker"):
     p = spec.p
+    # --stop-timeout: the container's own, so that any `docker stop` or `docker restart` that is not the unit's
+    # ExecStop, and the Docker daemon's shutdown, wait as long as the unit's stop instead of Docker's 10 s.
     argv = [docker_bin, "run", "--rm", "--name", spec.container_name, "--init",
-            "--gpus", _docker_gpus.gpus_argv(spec.gpus)]
+            "--stop-timeout", "%d" % p["stop_timeout"], "--gpus", _docker_gpus.gpus_argv(spec.gpus)]
     argv += ["--ipc", "host"] if p["ipc_host"] else ["--shm-size", "%dm" % p["shm_size_mib"]]
     argv += ["-p", "%s:%d:%d" % (p["publish_address"], p["port"], p["port"])]
     for host, inside, mode in spec.container_mounts():

@@ -212,10 +212,12 @@ options:
   stop_timeout:
     description:
       - Seconds to wait for a graceful stop before killing.
-      - With the V(docker) backend the container keeps it as its own stop timeout (Docker's C(StopTimeout)), so any
-        other C(docker stop), C(docker restart) or the Docker daemon's shutdown waits as long. A container whose own
-        stop timeout differs is recreated; one created by an earlier version of this module has none, so it is
-        recreated once.
+      - With the V(docker) and V(systemd) backends the container keeps it as its own stop timeout (Docker's
+        C(StopTimeout); the unit's C(docker run) passes C(--stop-timeout)), so any other C(docker stop),
+        C(docker restart) or the Docker daemon's shutdown waits as long. A V(docker) container whose own stop timeout
+        differs is recreated; one created by an earlier version of this module has none, so it is recreated once. A
+        V(systemd) unit written by an earlier version lacks C(--stop-timeout) in its C(ExecStart), so it is rewritten
+        once and its running instance restarted.
       - Must exceed O(shutdown_timeout).
     type: int
     default: 30

@@ -1,7 +1,9 @@
 """vllm_serve's logic without Ansible: the argument builder, the planner, secrets, units."""
 
 import json
+import os
 import shlex
+import shutil
 
 import pytest
 from hypothesis import given
@@ -203,6 +205,92 @@ def test_gpus_word_reaches_docker_with_its_quotes():
     assert argv[argv.index("--gpus") + 1] == '"device=4,5"'
     assert "secret-key" not in line
     assert "Restart=always" in line and "TimeoutStartSec=300" in line
+
+
+def exec_start_argv(content):
+    line = [ln for ln in content.splitlines() if ln.startswith("ExecStart=")][0][len("ExecStart="):]
+    return systemd_split(line)
+
+
+@pytest.mark.parametrize("stop, shutdown", [(30, 0), (45, 30), (301, 240)])
+def test_the_systemd_units_container_keeps_the_stop_timeout_as_its_own(stop, shutdown):
+    # Any `docker stop` or `docker restart` that is not the unit's ExecStop, and the Docker daemon's shutdown, wait
+    # as long as the unit's own stop instead of Docker's 10 s.
+    content = _vllm_units.unit_content(Spec(params(backend="systemd", stop_timeout=stop, shutdown_timeout=shutdown)),
+                                       "img:1", 300, "abc")
+    argv = exec_start_argv(content)
+    assert argv.count("--stop-timeout") == 1 and argv[argv.index("--stop-timeout") + 1] == str(stop)
+    # An option of `docker run`, not of vLLM: before the image.
+    assert argv[:2] == ["/usr/bin/docker", "run"] and argv.index("--stop-timeout") < argv.index("img:1")
+    assert "ExecStop=/usr/bin/docker stop -t %d vllm-llama\n" % stop in content
+    assert "TimeoutStopSec=%d\n" % (stop + 30) in content
+
+
+def test_the_venv_unit_has_no_container_stop_timeout():
+    content = _vllm_units.unit_content(Spec(params(backend="venv", stop_timeout=45)), None, 600, "hash")
+    assert "--stop-timeout" not in content and "TimeoutStopSec=75\n" in content
+
+
+@pytest.mark.skipif(not (shutil.which("systemd-analyze") and os.access("/usr/bin/docker", os.X_OK)),
+                    reason="needs systemd-analyze, and /usr/bin/docker that the unit runs")
+@pytest.mark.parametrize("backend", ["systemd", "venv"])
+def test_systemd_analyze_verify_accepts_the_rendered_units(backend, tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "vllm").write_text("#!/bin/sh\n")
+    (venv / "bin" / "vllm").chmod(0o755)
+    spec = Spec(params(backend=backend, stop_timeout=45, shutdown_timeout=30, venv_path=str(venv),
+                       api_keys=["secret-key"]))
+    _systemd.verify(spec.unit_name, _vllm_units.unit_content(spec, "img:1", 300, "abc"))
+
+
+class UnitSystemd(object):
+    """systemctl and the unit's state, faked: an instance that runs."""
+
+    def __init__(self):
+        self.calls = []
+
+    def systemctl(self, *args, **kwargs):
+        self.calls.append(" ".join(args))
+        return 0, ""
+
+    def unit_state(self, unit):
+        self.calls.append("show")
+        return {"loaded": True, "active": True, "enabled": True, "sub_state": None}
+
+
+def test_a_unit_without_the_stop_timeout_is_rewritten_and_restarted_once_then_left_alone(monkeypatch, tmp_path):
+    from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_serve_backends, _vllm_serve_manager
+    from vllm_serve_fakes import Exited, FakeModule, snapshot_of
+    from vllm_serve_fakes import params as module_params
+
+    systemd = UnitSystemd()
+    monkeypatch.setattr(_vllm_serve_backends, "UNIT_DIR", str(tmp_path / "units"))
+    monkeypatch.setattr(_systemd, "verify", lambda unit, content: None)
+    monkeypatch.setattr(_systemd, "systemctl", systemd.systemctl)
+    monkeypatch.setattr(_systemd, "unit_state", systemd.unit_state)
+
+    def serve():
+        systemd.calls[:] = []
+        module = FakeModule(module_params(tmp_path, stop_timeout=45, shutdown_timeout=30), diff=True)
+        with pytest.raises(Exited) as exited:
+            _vllm_serve_manager.VllmServe(module, snapshot=snapshot_of({}), proc=str(tmp_path)).run()
+        return exited.value.result
+
+    serve()
+    unit = tmp_path / "units" / "vllm-llama.service"
+    new = unit.read_text()
+    # The unit as the version before wrote it: the same but for the container's own stop timeout.
+    old = new.replace(" --stop-timeout 45 ", " ", 1)
+    assert old != new and "--stop-timeout" not in old
+    unit.write_text(old)
+    result = serve()
+    assert result["changed"] is True and result["interrupts"] is True and result["changed_fields"] == ["ExecStart"]
+    assert systemd.calls == ["show", "daemon-reload", "show", "restart vllm-llama.service"]
+    assert unit.read_text() == new
+    result = serve()
+    assert result["changed"] is False and result["interrupts"] is False and result["changed_fields"] == []
+    assert systemd.calls == ["show", "show"]
 
 
 # ---- names and paths the module returns ----
