@@ -25,7 +25,9 @@ _GPU_ID = re.compile(
     r"|MIG-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
     r"|MIG-GPU-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}/[0-9]+/[0-9]+)$"
 )
-_UUID_PREFIX = re.compile(r"(MIG-GPU-|GPU-|MIG-)(.*)\Z", re.IGNORECASE | re.DOTALL)
+# Only ASCII letters fold: with Unicode case folding, "m\u0131g-" (a dotless i, whose upper case is "I") would
+# name a real MIG device.
+_UUID_PREFIX = re.compile(r"(MIG-GPU-|GPU-|MIG-)(.*)\Z", re.IGNORECASE | re.ASCII | re.DOTALL)
 
 
 def canonical_id(name):
@@ -45,6 +47,12 @@ def id_key(name):
     if name is None:
         return None
     return str(canonical_id(name))
+
+
+def device_keys(device):
+    """The names an NVML device (a dict with "index" and "uuid") answers to, as id_key gives them: its index and its
+    UUID. A name n names the device when id_key(n) is one of them."""
+    return id_key(device.get("index")), id_key(device.get("uuid"))
 
 
 class GpuIdError(ValueError):

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _command, _instance_procs, _nvml
+from ansible_collections.inferops.vllm.plugins.module_utils import _command, _docker_gpus, _instance_procs, _nvml
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 
 
@@ -20,16 +20,32 @@ class ReclaimError(Exception):
 
 
 def _snapshot(gpus, timeout):
+    """The devices the names in `gpus` name: an index, or a UUID in any case (NVML prints "GPU-" and lower-case hex,
+    users copy capitals). Each name must name exactly one device: one that names none, or a UUID that two devices
+    report (in any cases: a broken reading), is refused before anything is killed, so that folding cases never
+    takes in a GPU that was not meant."""
     try:
         snap = _nvml.snapshot(timeout=timeout)
     except _nvml.NvmlError as exc:
         raise ReclaimError(str(exc))
-    wanted = set(str(g) for g in gpus)
-    chosen = [d for d in snap["devices"] if str(d["index"]) in wanted or d.get("uuid") in wanted]
-    missing = wanted - set(str(d["index"]) for d in chosen) - set(d.get("uuid") for d in chosen)
+    devices = snap["devices"]
+    chosen, missing = [], []
+    for name in gpus:
+        key = _docker_gpus.id_key(str(name))
+        named = [d for d in devices if key in _docker_gpus.device_keys(d)]
+        if not named:
+            missing.append(str(name))
+        elif len(named) > 1:
+            raise ReclaimError(
+                "gpus: %s names more than one GPU here (GPUs %s; UUIDs are compared regardless of case): which one "
+                "is meant cannot be told, so no process was touched. A broken reading gives one UUID to two GPUs: "
+                "check `nvidia-smi -L`, or name the GPU by its index" % (name, ", ".join(str(d["index"]) for d in named)))
+        elif not any(d is named[0] for d in chosen):
+            chosen.append(named[0])
     if missing:
         raise ReclaimError("gpus: %s not found on this host" % ", ".join(sorted(missing)))
-    return chosen
+    # In NVML's order, as before.
+    return [d for d in devices if any(d is c for c in chosen)]
 
 
 def _alive(pid):

@@ -19,8 +19,10 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 # A value argparse would read as an option of its own (a negative number is a value).
 _LOOKS_LIKE_FLAG = re.compile(r"-+[A-Za-z_]")
-# A GPU as CUDA_VISIBLE_DEVICES and Docker's --gpus take it: an index, or a GPU or MIG UUID.
-_GPU_ID = re.compile(r"(?:[0-9]{1,4}|(?:GPU|MIG)-[A-Za-z0-9/-]{1,80})\Z")
+# A GPU as CUDA_VISIBLE_DEVICES and Docker's --gpus take it: an index, or a GPU or MIG UUID, the prefix in any case
+# (NVML prints "GPU-", users copy "gpu-" too). Letters are spelled out: re.IGNORECASE would also take non-ASCII
+# lookalikes ("m\u0131g-", "\u212a").
+_GPU_ID = re.compile(r"(?:[0-9]{1,4}|(?:[Gg][Pp][Uu]|[Mm][Ii][Gg])-[A-Za-z0-9/-]{1,80})\Z")
 # Docker's reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest]. An image is an argv word
 # of `docker run` in units and probes, so anything else (a leading '-', spaces, a shell word) is refused.
 _IMAGE_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*" \
@@ -136,14 +138,19 @@ def _container(field, value, kind):
 
 
 def gpu_ids(field, ids):
+    """The GPUs as given. One UUID in two cases is one GPU, listed twice (named as NVML prints it)."""
+    # Imported here: the watchdog, which runs from a fixed set of these files (roles/vllm/tasks/watchdog.yml), imports
+    # this module but checks no GPU, and _docker_gpus is not among its files.
+    from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus
     seen = set()
     for gpu in _container(field, ids, list):
         if not isinstance(gpu, str) or not _GPU_ID.match(gpu):
             raise InputError("%s: %s is not a GPU; give an index (0, 1, ...) or a UUID (GPU-..., MIG-...), one per "
                              "item" % (field, _shown(gpu)))
-        if gpu in seen:
-            raise InputError("%s: GPU %s is listed twice" % (field, gpu))
-        seen.add(gpu)
+        key = _docker_gpus.id_key(gpu)
+        if key in seen:
+            raise InputError("%s: GPU %s is listed twice" % (field, key))
+        seen.add(key)
     return ids
 
 

@@ -259,8 +259,15 @@ class Probe(object):
             return
         devices = snap["devices"]
         if wanted:
-            names = set(str(w) for w in wanted)
-            devices = [d for d in devices if str(d["index"]) in names or d.get("uuid") in names]
+            # Imported here: the watchdog, which runs from a fixed set of these files (roles/vllm/tasks/watchdog.yml),
+            # probes without GPUs, and _docker_gpus is not among its files.
+            from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus
+
+            # By index or by UUID in any case: a container created with capitals in its DeviceRequests still names
+            # NVML's "GPU-" and lower-case hex. The devices are reported as NVML gives them.
+            names = set(_docker_gpus.id_key(w) for w in wanted)
+            names.discard(None)
+            devices = [d for d in devices if names.intersection(_docker_gpus.device_keys(d))]
         self.report["gpus"] = devices
         problems = ["GPU %s: %s" % (d["index"], d["error"]) for d in devices if "error" in d]
         problems += ["GPU %s: %d uncorrected ECC error(s)" % (d["index"], d["ecc_uncorrected_volatile"])

@@ -10,7 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _instance_procs, _nvml, _vllm_planner
+from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus, _instance_procs, _nvml, _vllm_planner
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_plan import Refused, starts
 
 
@@ -25,9 +25,12 @@ class GpuCheck(object):
         self.held = {}
 
     def chosen(self, devices):
+        """The devices NVML shows for the instance's GPUs, by index or by UUID in any case (NVML prints "GPU-" and
+        lower-case hex; the instance may have been given, and its container created with, capitals)."""
         chosen = []
         for ref in self.spec.gpus:
-            match = [d for d in devices if str(d["index"]) == ref or d.get("uuid") == ref]
+            key = _docker_gpus.id_key(ref)
+            match = [d for d in devices if key in _docker_gpus.device_keys(d)]
             if not match:
                 raise Refused("gpus: GPU %s does not exist on this host (GPUs here: %s)" % (
                     ref, ", ".join(str(d["index"]) for d in devices)))

@@ -4,16 +4,21 @@ stored is the form NVML gives."""
 
 import copy
 import json
+import pathlib
+import tempfile
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_gpu_parsers_hostile import observe_smi, row, uuid_of
-from vllm_serve_fakes import Exited, FakeModule
+from vllm_serve_fakes import Exited, FakeBackend, FakeModule, params, process_dir
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus as dg
 from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_ledger as gl
+from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_reclaim, _instance_procs, _nvml
 from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_select as gs
+from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_serve_manager
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_backends import Actual
 from ansible_collections.inferops.vllm.plugins.modules import gpu_assign
 from docker_cli_gpus import parse_gpus_value
 
@@ -206,3 +211,133 @@ def test_gpu_assign_refuses_one_gpu_pinned_twice_in_two_cases():
         gpu_assign.claims_from(FakeModule(assign_params([UUIDS[0], UUIDS[0].upper()])))
     assert done.value.result["failed"]
     assert done.value.result["msg"] == "instances[embed].gpus: GPU %s is listed twice" % UUIDS[0]
+
+
+# ---- only ASCII letters fold ----
+
+@pytest.mark.parametrize("lookalike", ["m\u0131g-", "M\u0130G-", "\uff27PU-", "G\u0420U-"])
+def test_a_prefix_with_a_non_ascii_lookalike_letter_is_not_a_uuid_and_names_no_gpu(lookalike):
+    # The dotless i upper-cases to "I": folded like that, "m\u0131g-..." would name the real MIG device.
+    name = lookalike + MIG[4:]
+    assert dg.canonical_id(name) == name and dg.id_key(name) != dg.id_key(MIG)
+    with pytest.raises(dg.GpuIdError):
+        dg.normalize_ids([name])
+
+
+# ---- vllm_serve: the instance's GPUs ----
+
+def serve(tmp_path, gpus, actual, processes=None, **overrides):
+    """vllm_serve's run on a fake backend with the instance in `actual`, on a host of two GPUs whose NVML UUIDs are
+    UUIDS[0] and UUIDS[1]; `processes` {index: [(pid, instance or None)]}."""
+    proc = tmp_path / "proc"
+    if not proc.exists():
+        proc.mkdir()
+    listed = {}
+    for index, entries in (processes or {}).items():
+        for pid, instance in entries:
+            if not (proc / str(pid)).exists():
+                process_dir(proc, pid, "python3", ["python3", "x.py"], instance=instance)
+            listed.setdefault(index, []).append({"pid": pid, "used_memory_mib": 1000})
+
+    def snapshot(timeout):
+        return {"devices": [{"index": i, "uuid": UUIDS[i], "memory_total_mib": TOTAL,
+                             "memory_free_mib": TOTAL - sum(p["used_memory_mib"] for p in listed.get(i, [])),
+                             "processes": listed.get(i, [])} for i in range(2)]}
+
+    module = FakeModule(params(tmp_path, gpus=gpus, **overrides))
+    backends = []
+
+    def backend_for(spec, image, wanted=None):
+        backends.append(FakeBackend(spec, image, wanted or {}, "docker", actual))
+        return backends[-1]
+
+    original = _vllm_serve_manager.backend_for
+    _vllm_serve_manager.backend_for = backend_for
+    try:
+        with pytest.raises(Exited) as exited:
+            _vllm_serve_manager.VllmServe(module, snapshot=snapshot, proc=str(proc)).run()
+    finally:
+        _vllm_serve_manager.backend_for = original
+    return exited.value.result, module, backends[0] if backends else None
+
+
+@settings(max_examples=20, deadline=None)
+@given(FLIPS)
+def test_vllm_serve_finds_a_gpu_named_in_any_case_and_plans_memory_on_it(flips):
+    with tempfile.TemporaryDirectory() as tmp:
+        result, module, backend = serve(pathlib.Path(tmp), [recase(UUIDS[1], flips)], Actual(False, False, False))
+    assert "failed" not in result, result["msg"]
+    assert backend.done == ["create", "start"]
+    assert result["memory_plan"]["gpus"][0]["index"] == 1
+
+
+def test_vllm_serve_refuses_a_gpu_of_another_workload_named_in_capitals(tmp_path):
+    result, module, backend = serve(tmp_path, [UUIDS[1].upper()], Actual(False, False, False),
+                                    processes={1: [(4242, None)], 0: [(5151, None)]})
+    assert result["failed"] and backend.done == [], result["msg"]
+    assert "(GPU 1: PID 4242 (python3" in result["msg"] and "5151" not in result["msg"]
+
+
+def test_an_instance_created_with_capitals_is_left_alone_beside_its_own_processes(tmp_path):
+    # The instance runs as created with its UUID in capitals; its own vLLM holds the GPU. Nothing to do: no
+    # refusal for a GPU "missing", no warning about another workload, no restart.
+    typed = [UUIDS[0].upper(), "gpu-" + UUIDS[1][4:].upper()]
+    first, module, backend = serve(tmp_path, typed, Actual(False, False, False))
+    assert "failed" not in first, first["msg"]
+    again, module, backend = serve(tmp_path, typed, Actual(True, True, True),
+                                   processes={0: [(6161, "llama")], 1: [(6161, "llama")]})
+    assert "failed" not in again, again["msg"]
+    assert backend.done == [] and again["changed"] is False and again["config_hash"] == first["config_hash"]
+    assert not [w for w in module.warnings if "other workloads" in w]
+    assert [g["index"] for g in again["memory_plan"]["gpus"]] == [0, 1]
+
+
+# ---- vllm_gpu_reclaim: whose processes may be killed ----
+
+@pytest.fixture
+def reclaim_host(monkeypatch):
+    """NVML shows GPUs 0-3; every GPU runs one process of the instance "chat" (PID 100 + index) and one of another
+    workload (PID 200 + index). The PIDs signalled are recorded in "killed", not signalled."""
+    host = {"devices": [dict(gpu(i), processes=[{"pid": 100 + i, "used_memory_mib": 1000},
+                                                {"pid": 200 + i, "used_memory_mib": 1000}], memory_used_mib=2000)
+                        for i in range(4)], "killed": []}
+    monkeypatch.setattr(_nvml, "snapshot", lambda timeout: {"devices": copy.deepcopy(host["devices"])})
+    monkeypatch.setattr(_instance_procs, "instance_of", lambda pid, proc="/proc": "chat" if pid < 200 else None)
+    monkeypatch.setattr(_gpu_reclaim, "_kill", lambda pids, grace: host["killed"].extend(pids))
+    return host
+
+
+# The fixture's fakes hold for every example: nothing here changes them.
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 3), FLIPS)
+def test_reclaim_by_uuid_in_any_case_kills_only_that_gpus_instance_processes(reclaim_host, index, flips):
+    del reclaim_host["killed"][:]
+    report = _gpu_reclaim.reclaim("chat", [recase(UUIDS[index], flips)], reset=False)
+    assert report["killed"] == reclaim_host["killed"] == [100 + index]
+    # Reported as NVML gives it.
+    assert [(g["index"], g["uuid"]) for g in report["gpus"]] == [(index, UUIDS[index])]
+
+
+def test_reclaim_of_one_gpu_named_twice_in_two_ways_kills_its_processes_once(reclaim_host):
+    report = _gpu_reclaim.reclaim("chat", [UUIDS[2].upper(), "2", "gpu-" + UUIDS[0][4:]], reset=False)
+    assert reclaim_host["killed"] == report["killed"] == [100, 102] and [g["index"] for g in report["gpus"]] == [0, 2]
+
+
+def test_reclaim_of_a_gpu_not_on_the_host_names_it_as_typed_and_kills_nothing(reclaim_host):
+    absent = "GPU-FFFFFFFF-0000-0000-0000-000000000000"
+    with pytest.raises(_gpu_reclaim.ReclaimError, match="^gpus: %s not found on this host$" % absent):
+        _gpu_reclaim.reclaim("chat", ["1", absent], reset=False)
+    assert reclaim_host["killed"] == []
+
+
+@pytest.mark.parametrize("named", [UUIDS[1], UUIDS[1].upper(), "1"])
+def test_reclaim_refuses_a_uuid_two_gpus_claim_in_two_cases(reclaim_host, named):
+    # A broken reading: GPU 2 claims GPU 1's UUID in capitals. Folding cases must not widen the kill to GPU 2's
+    # processes: the UUID names no one GPU, and nothing is touched. By its index, GPU 1 is one GPU.
+    reclaim_host["devices"][2]["uuid"] = UUIDS[1].upper()
+    if named == "1":
+        assert _gpu_reclaim.reclaim("chat", [named], reset=False)["killed"] == reclaim_host["killed"] == [101]
+        return
+    with pytest.raises(_gpu_reclaim.ReclaimError, match=r"^gpus: %s names more than one GPU here \(GPUs 1, 2; " % named):
+        _gpu_reclaim.reclaim("chat", ["0", named], reset=False)
+    assert reclaim_host["killed"] == []

@@ -122,6 +122,66 @@ def test_gpu_indices_and_uuids_pass():
     assert _validate.gpu_ids("gpus", ids) == ids
 
 
+# GPU UUIDs in any case: NVML prints "GPU-" and lower-case hex, other tools capitals; users type either.
+UUID = "GPU-5e1a7c3d-8f6b-4a2e-9c1d-0b3f4e5a6d7c"
+# An accepted GPU: ASCII digits, or a GPU-/MIG- prefix in any ASCII case and ASCII letters, digits, '/' and '-'.
+STRICT_GPU = re.compile(r"(?:[0-9]{1,4}|(?:[Gg][Pp][Uu]|[Mm][Ii][Gg])-[A-Za-z0-9/-]{1,80})\Z")
+
+
+def recase(text, flips):
+    """`text` with the letters at the positions `flips` picks swapped to the other case."""
+    chars = list(text)
+    for position in flips:
+        position %= len(chars)
+        chars[position] = chars[position].swapcase()
+    return "".join(chars)
+
+
+@pytest.mark.parametrize("gpu", ["gpu-5e1a7c3d-8f6b-4a2e-9c1d-0b3f4e5a6d7c", "Gpu-5E1A7C3D-8F6B-4A2E-9C1D-0B3F4E5A6D7C",
+                                 "mig-c499bdaa-75f3-a380-8d34-076b172fe964", "Mig-GPU-5e1a7c3d/1/0",
+                                 "mig-gpu-5e1a7c3d-8f6b-4a2e-9c1d-0b3f4e5a6d7c/1/0"])
+def test_a_uuid_is_a_gpu_whatever_the_case_of_its_prefix(gpu):
+    assert _validate.gpu_ids("gpus", [gpu]) == [gpu]
+
+
+@pytest.mark.parametrize("other", [UUID.upper(), UUID.lower(), "gpu-" + UUID[4:].upper()])
+def test_one_gpu_in_two_cases_is_listed_twice_named_as_nvml_prints_it(other):
+    with pytest.raises(InputError, match="^" + re.escape("gpus: GPU %s is listed twice" % UUID) + "$"):
+        _validate.gpu_ids("gpus", ["0", UUID, other])
+
+
+@given(st.uuids().map(str), st.sampled_from(["GPU-", "MIG-", "MIG-GPU-"]), st.lists(st.integers(0, 200), max_size=40))
+def test_any_case_of_a_valid_uuid_passes_and_is_one_gpu_with_the_others(uuid, prefix, flips):
+    nvml = prefix + uuid
+    typed = recase(nvml, flips)
+    for gpu in (typed, nvml.upper(), nvml.lower()):
+        assert _validate.gpu_ids("gpus", [gpu]) == [gpu]
+        for again in (nvml, typed, nvml.upper(), nvml.lower()):
+            with pytest.raises(InputError, match="is listed twice"):
+                _validate.gpu_ids("gpus", [gpu, again])
+
+
+@pytest.mark.parametrize("gpu", [
+    "gpu-0,1", "GPU-", "gpu-", "gpu", "-gpu-0", "gpu-0 --privileged", "gpu-0\nExecStartPre=/bin/sh", "gpu-0\x00",
+    "gpu_0", "gpu=0", "gpu-" + "a" * 81, "\uff27PU-0", "G\u0420U-0", "m\u0131g-0", "M\u0130G-0", "gpu-\u017f",
+    "gpu-\u212a", "all", "none", "void", "0,1", "-1", "00000", "\u0660",
+])
+def test_hostile_values_are_refused_in_any_case(gpu):
+    # Only ASCII letters fold: "m\u0131g-0" (a dotless i) is refused, though its upper case is "MIG-0".
+    for variant in (gpu, gpu.upper(), gpu.lower()) if gpu.isascii() else (gpu,):
+        with pytest.raises(InputError, match="is not a GPU"):
+            _validate.gpu_ids("gpus", [variant])
+
+
+@given(st.text(alphabet="gGpPuUmMiI\u0131\u0130\u017f\u212aK-_/,: .=0123456789abcdefABCDEF\n\x00", max_size=90))
+def test_an_accepted_gpu_is_plain_ascii_in_any_case_of_the_prefix(gpu):
+    try:
+        _validate.gpu_ids("gpus", [gpu])
+    except InputError:
+        return
+    assert STRICT_GPU.match(gpu) and gpu.isascii() and not gpu.startswith("-")
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"tokenizer": ["x", "--api-key", "KEY"]},
      "extra_args.tokenizer: a value starting with '--api-key' would be read as a flag"),

@@ -380,3 +380,35 @@ def test_a_long_log_line_cannot_leak_a_piece_of_the_key(fake, tmp_path):
     assert [d["code"] for d in report["diagnosis"]] == ["cuda_oom"]
     assert report["progress"]["loading"]["percent"] == 40
     assert leaked_pieces(json.dumps(report)) == []
+
+
+# ---- the GPUs read: the instance's, named by index or by UUID in any case ----
+
+# NVML's form: "GPU-" and lower-case hex.
+NVML_UUIDS = ["GPU-6f4a3c1e-52b1-4d39-8f8e-9d6a0c1b2e3f", "GPU-ab12cd34-ef56-ab78-cd90-efabcdef0123"]
+
+
+def nvml_snapshot(timeout):
+    return {"devices": [{"index": i, "uuid": uuid, "memory_total_mib": 81559, "memory_used_mib": 0,
+                         "memory_free_mib": 81559, "ecc_uncorrected_volatile": 2 if i else 0, "processes": []}
+                        for i, uuid in enumerate(NVML_UUIDS)]}
+
+
+@pytest.mark.parametrize("named", [NVML_UUIDS[1].upper(), "gpu-" + NVML_UUIDS[1][4:], NVML_UUIDS[1], "1"])
+def test_the_gpus_given_are_read_by_uuid_in_any_case(monkeypatch, named):
+    monkeypatch.setattr(vh._nvml, "snapshot", nvml_snapshot)
+    probe = vh.Probe(config("http://127.0.0.1:1", gpus=[named]))
+    probe.gpus()
+    # The GPU as NVML names it, and its problem found.
+    assert [d["uuid"] for d in probe.report["gpus"]] == [NVML_UUIDS[1]]
+    assert probe.checks["gpus"]["ok"] is False and probe.checks["gpus"]["detail"] == "GPU 1: 2 uncorrected ECC error(s)"
+
+
+def test_the_gpus_of_a_container_created_with_capitals_are_read(monkeypatch):
+    # Without `gpus`, the GPUs are the container's DeviceRequests as it was created: here in capitals.
+    monkeypatch.setattr(vh._nvml, "snapshot", nvml_snapshot)
+    probe = vh.Probe(config("http://127.0.0.1:1"))
+    probe.report["runtime"] = {"gpus": [NVML_UUIDS[0].upper()]}
+    probe.gpus()
+    assert probe.report["gpus"] == [nvml_snapshot(1)["devices"][0]]
+    assert probe.checks["gpus"]["ok"] is True and probe.checks["gpus"]["detail"] == "1 GPU(s) read through NVML"
