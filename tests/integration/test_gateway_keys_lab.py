@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from ansible_run import ROOT, ansible_env
-from test_gateway_lab import CONTAINER, KEYS, PORT, Traffic, completion, endpoint, run_gateway_role
+from test_gateway_lab import CONTAINER, KEYS, PORT, completion, endpoint, run_gateway_role, traffic
 
 pytestmark = pytest.mark.gateway
 
@@ -114,15 +114,15 @@ def test_an_instance_key_rotation_behind_the_gateway_fails_no_request_and_cuts_n
     started = {host.name: host.container_state(CONTAINER)["StartedAt"] for host in lab_hosts}
     assert all(models_status(host, INSTANCE_KEY) == 200 for host in lab_hosts)
     began = time.monotonic()
-    with Traffic(gateway) as traffic:
+    with traffic(gateway) as client:
         result = rotate(tmp_path, "all", target="instances")
     elapsed = time.monotonic() - began
-    failed, cut = traffic.report("instance key rotation (%.0f s)" % elapsed)
+    failed, cut = client.report("instance key rotation (%.0f s)" % elapsed)
     assert result.returncode == 0, result.stdout[-4000:]
     new_key = (tmp_path / "new-key").read_text().strip()
     assert len(new_key) == 48 and new_key not in result.stdout + result.stderr
     assert failed == [] and cut == []
-    assert len(traffic.completions) > 50 and len(traffic.streams) > 3
+    assert len(client.completions) > 50 and len(client.streams) > 3
     # Both instances restarted (a restart per phase), and now take the new key only.
     assert all(host.container_state(CONTAINER)["StartedAt"] != started[host.name] for host in lab_hosts)
     assert [models_status(host, key) for host in lab_hosts for key in (INSTANCE_KEY, new_key)] == [401, 200] * 2
