@@ -74,7 +74,7 @@ stage_molecule() {
 stage_lab() {
     "${labctl[@]}" up --fresh --hosts "${LAB_HOSTS:-2}" || return 1
     # The runbook and gateway tests run in their Molecule scenarios, the real-vLLM ones in the realvllm stage.
-    pytest tests/integration -q -p no:cacheprovider -m "not runbooks and not realvllm and not gateway"
+    pytest tests/integration -q -p no:cacheprovider -m "not runbooks and not realvllm and not gateway" --durations=10
 }
 
 stage_realvllm() {
@@ -87,10 +87,10 @@ stage_realvllm() {
     python tools/vllm_flag_catalog.py --fetch || return 1
     "${labctl[@]}" up --hosts "${LAB_HOSTS:-2}" || return 1
     started=$(date +%s)
-    pytest tests/conformance -q -p no:cacheprovider -rs || return 1
+    pytest tests/conformance -q -p no:cacheprovider -rs --durations=5 || return 1
     echo "--- conformance passed in $(($(date +%s) - started)) s"
     started=$(date +%s)
-    pytest tests/integration -q -p no:cacheprovider -m realvllm -rs -s || return 1
+    pytest tests/integration -q -p no:cacheprovider -m realvllm -rs -s --durations=5 || return 1
     echo "--- the vllm role on the real vLLM passed in $(($(date +%s) - started)) s"
 }
 

@@ -38,6 +38,7 @@ class VllmServe(object):
         self.result = {"watchdog_hold": None}
         self.diff = {"before": {}, "after": {}}
         self.fields = ({}, {})
+        self.warned_missing_user = False
 
     def fail(self, msg, **extra):
         # Docker's and systemd's answers can quote what they were given; the keys are masked in every shape.
@@ -51,7 +52,20 @@ class VllmServe(object):
     # ---- files ----
 
     def owner(self):
-        return _files.owner_ids(self.p["service_user"]) if self.p["backend"] == "venv" else (0, 0)
+        if self.p["backend"] != "venv":
+            return 0, 0
+        try:
+            return _files.owner_ids(self.p["service_user"])
+        except ValueError as exc:
+            if not self.check_mode:
+                raise Refused(str(exc))
+            # A check-mode run of the vllm role, which creates the user before this task: the files would be
+            # written for it. No file is owned by uid -1, so each one reads as a change.
+            if not self.warned_missing_user:
+                self.warned_missing_user = True
+                self.module.warn("service_user: the user %r does not exist yet; check mode assumes it will when this "
+                                 "runs for real (the vllm role creates it first)" % self.p["service_user"])
+            return -1, -1
 
     def secrets_dir(self):
         """The instance's secrets directory, 0700 and owned by who runs vLLM; an older, looser one is tightened."""
@@ -109,6 +123,7 @@ class VllmServe(object):
             self.require_docker_sdk()
             if p["backend"] == "venv":
                 _vllm_serve_validate.check_venv(p)
+                self.owner()
             params, weight_bytes = _vllm_serve_validate.model_size(self.spec, warn)
             memory_plan = self.gpu_check.memory(params, weight_bytes)
         except Refused as exc:

@@ -100,6 +100,54 @@ def test_deploy_in_check_mode_on_deployed_hosts_would_change_nothing(deployed):
         assert host.sh(listing).stdout == before[host.name]
 
 
+def deploy_runs():
+    """The runs of deploy.yml Molecule's steps made (its converge.yml), oldest first, as
+    tests/lab/callbacks/task_changes.py wrote them: {playbook, check, hosts, changed: {host: [task]}}. The playbooks
+    these tests run inherit the callback, so their records are left out."""
+    path = os.environ.get("INFEROPS_TASK_CHANGES")
+    if not path:
+        if os.environ.get("INFEROPS_LAB_DEPLOYED") == "1":
+            pytest.fail("INFEROPS_TASK_CHANGES is not set: the scenario's verify step must pass it")
+        pytest.skip("only in Molecule's runbooks scenario, whose check and converge steps record their changes")
+    with open(path) as handle:
+        runs = [json.loads(line) for line in handle if line.strip()]
+    return [run for run in runs if run["playbook"] == "converge.yml"]
+
+
+# What check mode cannot foretell on a fresh host, each named in its role's README ("Check mode"): the run installs a
+# package first, and what the package brings decides these tasks.
+UNFORESEEABLE = {
+    "inferops.vllm.monitoring : Keep the node exporter running": "its unit comes with the package",
+    "inferops.vllm.monitoring : Restart node exporter": "a handler of that unit",
+    "inferops.vllm.monitoring : Keep the collector's timer running": "it runs the node exporter's collector",
+    "inferops.vllm.monitoring : Restart the GPU metrics timer": "a handler of that timer",
+    "inferops.vllm.monitoring : Create the node exporter's textfile directory": "the package creates it",
+}
+
+
+def test_check_mode_on_the_fresh_hosts_predicted_what_the_deploy_then_changed(deployed):
+    """Molecule's `check` step ran deploy.yml --check on the fresh hosts, then `converge` deployed them for real.
+    Every task the real run changed was announced by check mode, and check mode announced nothing the real run then
+    left alone, but for the few that hang on a package the run installs (UNFORESEEABLE): check mode is a faithful
+    preview, not only a run that does not fail."""
+    runs = deploy_runs()
+    checks = [index for index, run in enumerate(runs) if run["check"]]
+    assert checks and checks[-1] + 1 < len(runs), "no check run followed by a real one in %s" % [
+        run["check"] for run in runs]
+    predicted, applied = runs[checks[-1]], runs[checks[-1] + 1]
+    assert not applied["check"]
+    assert sorted(predicted["hosts"]) == sorted(applied["hosts"]) == sorted(host.name for host in deployed)
+    differences = {}
+    for host in applied["hosts"]:
+        would, did = set(predicted["changed"].get(host, [])), set(applied["changed"].get(host, []))
+        would, did = would - set(UNFORESEEABLE), did - set(UNFORESEEABLE)
+        if would != did:
+            differences[host] = {"changed, not announced": sorted(did - would),
+                                 "announced, not changed": sorted(would - did)}
+    assert differences == {}, json.dumps(differences, indent=1)
+    assert all(applied["changed"][host] for host in applied["hosts"]), "the real run changed nothing?"
+
+
 def test_restart_is_rolling_and_health_gated(deployed):
     host = deployed[0]
     before = host.container_state("vllm-opt-small")["StartedAt"]

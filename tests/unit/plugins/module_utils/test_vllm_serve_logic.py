@@ -330,3 +330,38 @@ def test_the_env_file_quotes_for_systemd_and_stays_literal_for_docker():
     assert _vllm_units.env_file_content(env, "systemd").splitlines()[1:] == [
         'AAA="\\"x"', 'BBB="y\\\\"', 'CUDA_VISIBLE_DEVICES="3"']
     assert _vllm_units.env_file_content(env).splitlines()[1:] == ['AAA="x', "BBB=y\\", "CUDA_VISIBLE_DEVICES=3"]
+
+
+# ---- check mode before the vllm role created the service user ----
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_a_missing_service_user_is_assumed_in_check_mode_and_refused_for_real(monkeypatch, tmp_path, check_mode):
+    """The vllm role creates the venv backend's user before it serves: its check-mode run on a fresh host must tell
+    what it would write, not fail on the user it would have created. A real run without the user is refused."""
+    from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_serve_backends, _vllm_serve_manager
+    from vllm_serve_fakes import Exited, FakeModule, snapshot_of
+    from vllm_serve_fakes import params as module_params
+
+    systemd = UnitSystemd()
+    monkeypatch.setattr(_vllm_serve_backends, "UNIT_DIR", str(tmp_path / "units"))
+    monkeypatch.setattr(_systemd, "verify", lambda unit, content: None)
+    monkeypatch.setattr(_systemd, "systemctl", systemd.systemctl)
+    monkeypatch.setattr(_systemd, "unit_state", lambda unit: {"loaded": False, "active": False, "enabled": False,
+                                                              "sub_state": None})
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "vllm").write_text("#!/bin/sh\n")
+    (venv / "bin" / "vllm").chmod(0o755)
+    module = FakeModule(module_params(tmp_path, backend="venv", venv_path=str(venv), service_user="no-such-user-x1"),
+                        check_mode=check_mode)
+    with pytest.raises(Exited) as exited:
+        _vllm_serve_manager.VllmServe(module, snapshot=snapshot_of({}), proc=str(tmp_path)).run()
+    result = exited.value.result
+    if check_mode:
+        assert not result.get("failed"), result
+        assert result["changed"] is True
+        assert [w for w in module.warnings if "'no-such-user-x1' does not exist yet" in w] != []
+        assert not (tmp_path / "etc").exists() and not (tmp_path / "units").exists()
+        assert systemd.calls == []
+    else:
+        assert result["failed"] and "the user 'no-such-user-x1' does not exist on this host" in result["msg"]
