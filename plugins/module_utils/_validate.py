@@ -10,6 +10,8 @@ __metaclass__ = type
 import math
 import re
 
+from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus
+
 # An instance name becomes a container name, a unit name and a directory name: a plain token, never a path.
 _INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -139,9 +141,6 @@ def _container(field, value, kind):
 
 def gpu_ids(field, ids):
     """The GPUs as given. One UUID in two cases is one GPU, listed twice (named as NVML prints it)."""
-    # Imported here: the watchdog, which runs from a fixed set of these files (roles/vllm/tasks/watchdog.yml), imports
-    # this module but checks no GPU, and _docker_gpus is not among its files.
-    from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus
     seen = set()
     for gpu in _container(field, ids, list):
         if not isinstance(gpu, str) or not _GPU_ID.match(gpu):

@@ -12,7 +12,9 @@ __metaclass__ = type
 
 import time
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _log_signatures, _nvml, _runtime, _vllm_metrics
+from ansible_collections.inferops.vllm.plugins.module_utils import (
+    _docker_gpus, _log_signatures, _nvml, _runtime, _vllm_metrics,
+)
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_client import Endpoint, ProbeError
 
@@ -259,10 +261,6 @@ class Probe(object):
             return
         devices = snap["devices"]
         if wanted:
-            # Imported here: the watchdog, which runs from a fixed set of these files (roles/vllm/tasks/watchdog.yml),
-            # probes without GPUs, and _docker_gpus is not among its files.
-            from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus
-
             # By index or by UUID in any case: a container created with capitals in its DeviceRequests still names
             # NVML's "GPU-" and lower-case hex. The devices are reported as NVML gives them.
             names = set(_docker_gpus.id_key(w) for w in wanted)
