@@ -10,6 +10,7 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from text_cases import recase
 from test_gpu_parsers_hostile import observe_smi, row, uuid_of
 from vllm_serve_fakes import Exited, FakeBackend, FakeModule, params, process_dir
 
@@ -42,15 +43,6 @@ def host(n=4):
 
 def observer(observation):
     return lambda: copy.deepcopy(observation)
-
-
-def recase(text, flips):
-    """`text` with the letters at the positions `flips` picks swapped to the other case."""
-    chars = list(text)
-    for position in flips:
-        position %= len(chars)
-        chars[position] = chars[position].swapcase()
-    return "".join(chars)
 
 
 FLIPS = st.lists(st.integers(0, 200), max_size=40)

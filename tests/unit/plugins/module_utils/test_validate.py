@@ -6,6 +6,7 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from text_cases import recase
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _validate
 from ansible_collections.inferops.vllm.plugins.module_utils._validate import InputError
@@ -126,15 +127,6 @@ def test_gpu_indices_and_uuids_pass():
 UUID = "GPU-5e1a7c3d-8f6b-4a2e-9c1d-0b3f4e5a6d7c"
 # An accepted GPU: ASCII digits, or a GPU-/MIG- prefix in any ASCII case and ASCII letters, digits, '/' and '-'.
 STRICT_GPU = re.compile(r"(?:[0-9]{1,4}|(?:[Gg][Pp][Uu]|[Mm][Ii][Gg])-[A-Za-z0-9/-]{1,80})\Z")
-
-
-def recase(text, flips):
-    """`text` with the letters at the positions `flips` picks swapped to the other case."""
-    chars = list(text)
-    for position in flips:
-        position %= len(chars)
-        chars[position] = chars[position].swapcase()
-    return "".join(chars)
 
 
 @pytest.mark.parametrize("gpu", ["gpu-5e1a7c3d-8f6b-4a2e-9c1d-0b3f4e5a6d7c", "Gpu-5E1A7C3D-8F6B-4A2E-9C1D-0B3F4E5A6D7C",
