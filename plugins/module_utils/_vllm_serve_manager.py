@@ -38,7 +38,8 @@ class VllmServe(object):
         self.result = {"watchdog_hold": None}
         self.diff = {"before": {}, "after": {}}
         self.fields = ({}, {})
-        self.warned_missing_user = False
+        # Who owns the instance's files, resolved once the input is checked (run).
+        self.uid_gid = None
 
     def fail(self, msg, **extra):
         # Docker's and systemd's answers can quote what they were given; the keys are masked in every shape.
@@ -52,6 +53,7 @@ class VllmServe(object):
     # ---- files ----
 
     def owner(self):
+        """(uid, gid) of who runs vLLM, for its files: root but for the venv backend's service user."""
         if self.p["backend"] != "venv":
             return 0, 0
         try:
@@ -61,15 +63,13 @@ class VllmServe(object):
                 raise Refused(str(exc))
             # A check-mode run of the vllm role, which creates the user before this task: the files would be
             # written for it. No file is owned by uid -1, so each one reads as a change.
-            if not self.warned_missing_user:
-                self.warned_missing_user = True
-                self.module.warn("service_user: the user %r does not exist yet; check mode assumes it will when this "
-                                 "runs for real (the vllm role creates it first)" % self.p["service_user"])
+            self.module.warn("service_user: the user %r does not exist yet; check mode assumes it will when this "
+                             "runs for real (the vllm role creates it first)" % self.p["service_user"])
             return -1, -1
 
     def secrets_dir(self):
         """The instance's secrets directory, 0700 and owned by who runs vLLM; an older, looser one is tightened."""
-        uid, gid = self.owner()
+        uid, gid = self.uid_gid
         try:
             return _files.ensure_dir(self.spec.secrets_dir, 0o700, uid, gid, self.check_mode)
         except _files.FileError as exc:
@@ -82,14 +82,14 @@ class VllmServe(object):
         if current:
             return current.encode()
         value = os.urandom(16).hex()
-        uid, gid = self.owner()
+        uid, gid = self.uid_gid
         if not self.check_mode:
             _files.write(path, value + "\n", 0o600, uid, gid, dir_mode=0o700)
         return value.encode()
 
     def write_files(self, environment, dry_run):
         """Writes the secrets and env files (dry_run: only tells); returns whether any changed."""
-        uid, gid = self.owner()
+        uid, gid = self.uid_gid
         wanted = self.spec.secret_files()
         changed = False
         for name, content in wanted.items():
@@ -123,7 +123,7 @@ class VllmServe(object):
             self.require_docker_sdk()
             if p["backend"] == "venv":
                 _vllm_serve_validate.check_venv(p)
-                self.owner()
+            self.uid_gid = self.owner()
             params, weight_bytes = _vllm_serve_validate.model_size(self.spec, warn)
             memory_plan = self.gpu_check.memory(params, weight_bytes)
         except Refused as exc:
