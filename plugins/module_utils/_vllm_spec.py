@@ -17,7 +17,7 @@ import json
 import os
 import posixpath
 
-from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_flags
+from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus, _vllm_flags
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import MASK
 
 SECRETS_IN_CONTAINER = "/run/secrets/vllm"
@@ -50,7 +50,10 @@ class Spec(object):
         self.secrets_dir = posixpath.join(params["config_dir"], "secrets", self.name)
         self.env_file = posixpath.join(params["config_dir"], "%s.env" % self.name)
         self.log_file = posixpath.join(params.get("log_dir") or DEFAULT_LOG_DIR, "%s.log" % self.name)
-        self.gpus = [str(g) for g in params["gpus"] or []]
+        # UUIDs in the form NVML prints ("GPU-"/"MIG-", lower-case hex), whatever case they were typed in: every
+        # backend (DeviceRequests, `docker run --gpus`, CUDA_VISIBLE_DEVICES), the config hash and the result then
+        # name a GPU one way. Indices stay as they are.
+        self.gpus = [_docker_gpus.canonical_id(str(g)) for g in params["gpus"] or []]
         self.warnings = []
         self.mounts = []  # (host path, container path, mode)
         # The vLLM release the instance runs, as far as the options tell; vllm_serve may ask the host's vLLM.

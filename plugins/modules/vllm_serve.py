@@ -73,7 +73,10 @@ options:
     choices: [missing, always, never]
     default: missing
   gpus:
-    description: GPU indices or UUIDs (from M(inferops.vllm.gpu_select)).
+    description:
+      - GPU indices or UUIDs (from M(inferops.vllm.gpu_select)).
+      - A UUID's C(GPU-)/C(MIG-) prefix and hex digits may be in any case; the instance is given it, and RV(gpus)
+        returns it, in the form NVML prints (the prefix in capitals, the hex digits in lower case).
     type: list
     elements: str
   tensor_parallel_size:
@@ -346,7 +349,7 @@ command:
   elements: str
   sample: [meta-llama/Llama-3.3-70B-Instruct, --host, 0.0.0.0, --port, "8000", --config, /run/secrets/vllm/serve-config.yaml]
 gpus:
-  description: The instance's GPUs.
+  description: The instance's GPUs, UUIDs in the form NVML prints (C(GPU-) or C(MIG-), lower-case hex).
   returned: unless absent
   type: list
   elements: str

@@ -18,8 +18,9 @@ from ansible_collections.inferops.vllm.plugins.module_utils import _docker_gpus 
 from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_ledger as gl
 from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_reclaim, _instance_procs, _nvml
 from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_select as gs
-from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_serve_manager
+from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_serve_manager, _vllm_units
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_backends import Actual
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import Spec
 from ansible_collections.inferops.vllm.plugins.modules import gpu_assign
 from docker_cli_gpus import parse_gpus_value
 
@@ -282,6 +283,39 @@ def test_an_instance_created_with_capitals_is_left_alone_beside_its_own_processe
     assert backend.done == [] and again["changed"] is False and again["config_hash"] == first["config_hash"]
     assert not [w for w in module.warnings if "other workloads" in w]
     assert [g["index"] for g in again["memory_plan"]["gpus"]] == [0, 1]
+
+
+
+# The spec is where vllm_serve's options become what each backend is given: built from GPUs typed in any case, it
+# carries NVML's form, so the container's DeviceRequests, the unit's `docker run --gpus`, the venv's
+# CUDA_VISIBLE_DEVICES, the result and the config hash name each GPU one way.
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(ids, st.integers(0, 999).map(str)), min_size=1, max_size=4, unique=True), FLIPS,
+       st.sampled_from(["docker", "systemd", "venv"]))
+def test_the_spec_gives_every_backend_the_gpus_in_nvmls_form(canonical, flips, backend):
+    root = pathlib.PurePosixPath("/nonexistent")
+    typed = [recase(i, flips) for i in canonical]
+    spec = Spec(params(root, backend=backend, gpus=typed))
+    as_nvml = Spec(params(root, backend=backend, gpus=canonical))
+    assert spec.gpus == canonical
+    env = spec.environment()
+    assert env == as_nvml.environment()
+    if backend == "venv":
+        assert env["CUDA_VISIBLE_DEVICES"] == ",".join(canonical)
+    if backend == "systemd":
+        argv = _vllm_units.docker_run_argv(spec, "vllm/vllm-openai:v0.33.0", 120)
+        assert parse_gpus_value(argv[argv.index("--gpus") + 1]) == (0, canonical)
+    image = "vllm/vllm-openai:v0.33.0"
+    assert spec.summary(image, env) == as_nvml.summary(image, env)
+    assert spec.config_hash(image, env, {}, "digest") == as_nvml.config_hash(image, env, {}, "digest")
+
+
+def test_vllm_serve_returns_and_plans_on_the_gpus_in_nvmls_form(tmp_path):
+    typed = ["gpu-" + UUIDS[1][4:].upper(), "0"]
+    result, module, backend = serve(tmp_path, typed, Actual(False, False, False))
+    assert "failed" not in result, result["msg"]
+    assert result["gpus"] == [UUIDS[1], "0"] and backend.spec.gpus == [UUIDS[1], "0"]
+    assert backend.wanted["summary"]["gpus"] == [UUIDS[1], "0"]
 
 
 # ---- vllm_gpu_reclaim: whose processes may be killed ----

@@ -154,6 +154,21 @@ def test_the_container_is_created_with_the_stop_timeout_as_its_own(monkeypatch, 
     assert result["changed"] is True and result["container"]["id"] == "c0ffee"
 
 
+
+def test_a_uuid_typed_in_capitals_reaches_docker_in_nvmls_form(monkeypatch, tmp_path):
+    # The container is created with the UUID as NVML prints it, and its config hash is that of NVML's form: typing
+    # the UUID in another case later changes nothing.
+    uuid = "GPU-6f4a3c1e-52b1-4d39-8f8e-9d6a0c1b2e3f"
+    client = FakeClient(None, image_present=True)
+    result = serve(monkeypatch, tmp_path, client, gpus=["gpu-" + uuid[4:].upper()], check_gpus=False)
+    assert client.create_kwargs["host_config"]["DeviceRequests"][0]["DeviceIDs"] == [uuid]
+    assert result["gpus"] == [uuid]
+    client.container, client.calls[:] = client.created, []
+    client.container.attrs["State"]["Running"] = True
+    again = serve(monkeypatch, tmp_path, client, gpus=[uuid], check_gpus=False)
+    assert again["changed"] is False and again["config_hash"] == result["config_hash"]
+
+
 # A container from before the module set its stop timeout has none; the others are hostile or stale shapes.
 @pytest.mark.parametrize("config, before", [
     ({}, None), ({"StopTimeout": None}, None), ({"StopTimeout": 10}, 10), ({"StopTimeout": "30"}, None),
