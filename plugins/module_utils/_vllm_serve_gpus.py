@@ -26,17 +26,29 @@ class GpuCheck(object):
 
     def chosen(self, devices):
         """The devices NVML shows for the instance's GPUs, by index or by UUID in any case (NVML prints "GPU-" and
-        lower-case hex; the instance may have been given, and its container created with, capitals)."""
+        lower-case hex; the instance may have been given, and its container created with, capitals).
+
+        One GPU named twice, by its index and by its UUID, is refused: the instance would be given the device twice,
+        and the memory plan and the tensor-parallel size would count it twice. Only NVML tells that an index and a
+        UUID are one GPU; the same name twice is refused with the input's message before this is reached."""
         chosen = []
+        named = {}  # position in `devices` -> the name it was first given by
         for ref in self.spec.gpus:
             key = _docker_gpus.id_key(ref)
-            match = [d for d in devices if key in _docker_gpus.device_keys(d)]
+            match = [i for i, d in enumerate(devices) if key in _docker_gpus.device_keys(d)]
             if not match:
                 raise Refused("gpus: GPU %s does not exist on this host (GPUs here: %s)" % (
                     ref, ", ".join(str(d["index"]) for d in devices)))
-            if "error" in match[0]:
-                raise Refused("gpus: GPU %s cannot be read: %s" % (ref, match[0]["error"]))
-            chosen.append(match[0])
+            first = named.get(match[0])
+            if first is not None:
+                if _docker_gpus.id_key(first) == key:
+                    raise Refused("gpus: GPU %s is listed twice" % key)
+                raise Refused("gpus: '%s' and '%s' are the same GPU; list each GPU once" % (first, ref))
+            named[match[0]] = ref
+            device = devices[match[0]]
+            if "error" in device:
+                raise Refused("gpus: GPU %s cannot be read: %s" % (ref, device["error"]))
+            chosen.append(device)
         return chosen
 
     def memory(self, params, weight_bytes):

@@ -77,6 +77,8 @@ options:
       - GPU indices or UUIDs (from M(inferops.vllm.gpu_select)).
       - A UUID's C(GPU-)/C(MIG-) prefix and hex digits may be in any case; the instance is given it, and RV(gpus)
         returns it, in the form NVML prints (the prefix in capitals, the hex digits in lower case).
+      - List each GPU once. The same name twice is refused, and with O(check_gpus) a GPU named both by its index and
+        by its UUID too.
     type: list
     elements: str
   tensor_parallel_size:
@@ -270,6 +272,8 @@ options:
     description:
       - Check the GPUs through NVML before the instance starts, that they exist, that the memory plan fits their free
         memory, and that no process of another workload holds them (see O(share_gpus)).
+      - It also refuses a GPU listed twice in O(gpus), once by its index and once by its UUID (only NVML tells that
+        they are one GPU).
       - Without NVML (no C(pynvml), no driver answer) the checks are skipped with a warning.
     type: bool
     default: true

@@ -6,6 +6,7 @@ import copy
 import json
 import pathlib
 import tempfile
+import types
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,8 @@ from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_reclaim,
 from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_select as gs
 from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_serve_manager, _vllm_units
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_backends import Actual
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_gpus import GpuCheck
+from ansible_collections.inferops.vllm.plugins.module_utils._vllm_serve_plan import Refused
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import Spec
 from ansible_collections.inferops.vllm.plugins.modules import gpu_assign
 from docker_cli_gpus import parse_gpus_value
@@ -316,6 +319,70 @@ def test_vllm_serve_returns_and_plans_on_the_gpus_in_nvmls_form(tmp_path):
     assert "failed" not in result, result["msg"]
     assert result["gpus"] == [UUIDS[1], "0"] and backend.spec.gpus == [UUIDS[1], "0"]
     assert backend.wanted["summary"]["gpus"] == [UUIDS[1], "0"]
+
+
+
+@pytest.mark.parametrize("uuid_first", [False, True])
+def test_vllm_serve_refuses_one_gpu_named_by_its_index_and_by_its_uuid(tmp_path, uuid_first):
+    # Given twice, the GPU would be handed to the container twice, and planned for and sized (tensor parallel 2) as
+    # two GPUs.
+    named = ["1", "gpu-" + UUIDS[1][4:].upper()]
+    if uuid_first:
+        named.reverse()
+    result, module, backend = serve(tmp_path, named, Actual(False, False, False))
+    assert result.get("failed") and backend is None, result
+    shown = ["1", UUIDS[1]][::-1] if uuid_first else ["1", UUIDS[1]]
+    assert result["msg"] == "gpus: '%s' and '%s' are the same GPU; list each GPU once" % tuple(shown)
+
+
+def test_vllm_serve_refuses_the_same_gpu_twice_with_the_inputs_message(tmp_path):
+    # Refused by the input's check before NVML is read; GpuCheck says the same were it reached.
+    result, module, backend = serve(tmp_path, ["1", "1"], Actual(False, False, False))
+    assert result["msg"] == "gpus: GPU 1 is listed twice"
+    check = GpuCheck(types.SimpleNamespace(p={}, name="llama", gpus=[UUIDS[1], UUIDS[1]]), None)
+    with pytest.raises(Refused, match="^gpus: GPU %s is listed twice$" % UUIDS[1]):
+        check.chosen(host(2)["devices"])
+
+
+ABSENT = "GPU-ffffffff-0000-0000-0000-000000000000"
+
+
+def resolved(name, devices):
+    """An independent reading of which device a name is: by its number, or by its UUID in lower case."""
+    for position, device in enumerate(devices):
+        if name.isdigit() and int(name) == device["index"] or name.lower() == device["uuid"].lower():
+            return position
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(["0", "1", "2", "3", "7"]),
+                          st.tuples(st.sampled_from(UUIDS + [ABSENT]), FLIPS).map(lambda t: recase(*t))),
+                min_size=1, max_size=6))
+def test_the_instances_gpus_are_each_one_device_or_refused_naming_why(named):
+    devices = host(4)["devices"]
+    check = GpuCheck(types.SimpleNamespace(p={}, name="llama", gpus=[dg.canonical_id(n) for n in named]), None)
+    expected, first = [], {}
+    for name in named:
+        position = resolved(name, devices)
+        if position is None:
+            expected = "gpus: GPU %s does not exist on this host (GPUs here: 0, 1, 2, 3)" % dg.canonical_id(name)
+            break
+        if position in first:
+            twice = dg.id_key(first[position]) == dg.id_key(name)
+            expected = ("gpus: GPU %s is listed twice" % dg.id_key(name) if twice else
+                        "gpus: '%s' and '%s' are the same GPU; list each GPU once" % (
+                            dg.canonical_id(first[position]), dg.canonical_id(name)))
+            break
+        first[position] = name
+        expected.append(devices[position])
+    try:
+        chosen = check.chosen(devices)
+    except Refused as exc:
+        assert str(exc) == expected
+        return
+    # Never a device twice: each name is its own GPU.
+    assert chosen == expected and len(set(d["index"] for d in chosen)) == len(named)
 
 
 # ---- vllm_gpu_reclaim: whose processes may be killed ----
