@@ -259,19 +259,35 @@ class Probe(object):
             # Not a verdict on the server: this host could not read its GPUs (ok None means "not checked").
             self.checks["gpus"] = _check(None, started, "not checked: %s" % exc)
             return
-        devices = snap["devices"]
+        host = devices = snap["devices"]
+        missing = []
         if wanted:
             # By index or by UUID in any case: a container created with capitals in its DeviceRequests still names
-            # NVML's "GPU-" and lower-case hex. The devices are reported as NVML gives them.
+            # NVML's "GPU-" and lower-case hex. A MIG device's UUID names the GPU it is part of. The devices are
+            # reported as NVML gives them.
+            keys = [_gpu_keys(d) for d in host]
             names = set(_docker_gpus.id_key(w) for w in wanted)
             names.discard(None)
-            devices = [d for d in devices if names.intersection(_docker_gpus.device_keys(d))]
+            devices = [d for d, k in zip(host, keys) if names.intersection(k)]
+            # The GPUs asked for that this host does not have, each once, as given: NVML answered, but not for the
+            # server's GPUs (a wrong `gpus`, a GPU gone from the bus), so "0 GPU(s) read" would be no verdict.
+            known = set().union(*keys)
+            for name in wanted:
+                key = _docker_gpus.id_key(name)
+                if key is not None and key not in known:
+                    known.add(key)
+                    missing.append(self._quote(str(name)))
         self.report["gpus"] = devices
-        problems = ["GPU %s: %s" % (d["index"], d["error"]) for d in devices if "error" in d]
+        problems = []
+        if missing:
+            problems.append("%s %s %s not exist on this host (GPUs here: %s)" % (
+                "GPU" if len(missing) == 1 else "GPUs", ", ".join(missing), "does" if len(missing) == 1 else "do",
+                ", ".join(_shown_device(d) for d in host) or "none"))
+        problems += ["GPU %s: %s" % (d["index"], d["error"]) for d in devices if "error" in d]
         problems += ["GPU %s: %d uncorrected ECC error(s)" % (d["index"], d["ecc_uncorrected_volatile"])
                      for d in devices if d.get("ecc_uncorrected_volatile")]
         self.checks["gpus"] = _check(not problems, started, "; ".join(problems) or "%d GPU(s) read through NVML"
-                                     % len(devices))
+                                     % len(devices), missing=missing)
 
     # ---- verdict ----
 
@@ -347,6 +363,23 @@ class Probe(object):
         if self.report["reasons"]:
             return "degraded"
         return "healthy"
+
+
+def _gpu_keys(device):
+    """The names a device answers to (_docker_gpus.device_keys), and the UUIDs of its MIG devices."""
+    keys = set(_docker_gpus.device_keys(device))
+    migs = device.get("mig_devices")
+    for mig in migs if isinstance(migs, list) else []:
+        if isinstance(mig, dict):
+            keys.add(_docker_gpus.id_key(mig.get("uuid")))
+    keys.discard(None)
+    return keys
+
+
+def _shown_device(device):
+    """A GPU of the host, for a message: its index and UUID."""
+    uuid = device.get("uuid")
+    return "%s (%s)" % (device.get("index"), uuid) if uuid else str(device.get("index"))
 
 
 def _fmt(value):

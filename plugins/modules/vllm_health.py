@@ -55,8 +55,12 @@ options:
     description: Name of the systemd unit running the server, to read its state and journal.
     type: str
   gpus:
-    description: Indices or UUIDs of the server's GPUs. Default is what the container's device requests or the
-      unit's C(CUDA_VISIBLE_DEVICES) say, else every GPU.
+    description:
+      - Indices or UUIDs of the server's GPUs (a UUID's prefix and hex digits in any case; a MIG device's UUID names
+        the GPU it is part of). Default is what the container's device requests or the unit's
+        C(CUDA_VISIBLE_DEVICES) say, else every GPU.
+      - A GPU named here (or by the container or the unit) that this host does not have fails the C(gpus) check; its
+        C(detail) names that GPU and the GPUs the host has, and its C(missing) lists it.
     type: list
     elements: str
   log_file:
@@ -152,7 +156,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 status:
-  description: C(healthy), C(degraded) (serving, but over a threshold), C(starting), C(unhealthy) or C(down).
+  description: C(healthy), C(degraded) (serving, but over a threshold or with a GPU problem), C(starting),
+    C(unhealthy) or C(down).
   returned: always
   type: str
   sample: healthy
@@ -164,6 +169,9 @@ checks:
   description:
     - Each probe's C(ok), C(latency_ms) and C(detail) (tcp, health, version, models, inference, metrics, gpus,
       runtime).
+    - The C(gpus) check's C(ok) is null when NVML could not be read. When it was, C(missing) lists the GPUs asked
+      for (O(gpus), else the container's or the unit's) that this host does not have, as given; any fails the
+      check.
     - What a server sent (an error body, a status line, model ids) is quoted with the API key masked, and cut.
   returned: always
   type: dict
@@ -174,7 +182,8 @@ failed_checks:
   type: list
   elements: str
 reasons:
-  description: Why the status is C(degraded).
+  description: Why the status is C(degraded); a failed C(gpus) check of a serving server is one (C(GPU problem:)
+    and its detail).
   returned: always
   type: list
   elements: str
@@ -187,7 +196,9 @@ metrics:
   type: dict
   sample: {num_requests_running: 3, num_requests_waiting: 0, kv_cache_usage: 0.12, ttft_p99_s: 0.24}
 gpus:
-  description: The server's GPUs as NVML reports them.
+  description:
+    - The server's GPUs as NVML reports them (for a MIG device, the GPU it is part of); empty when the host has none
+      of the GPUs asked for (the C(gpus) check names them).
   returned: when NVML was read
   type: list
   elements: dict

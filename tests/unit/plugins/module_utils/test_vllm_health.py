@@ -8,11 +8,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_health as vh
 from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_metrics as vm
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_client import Endpoint, ProbeError
 from hostile_servers import Hostile
+from text_cases import recase
 
 METRICS_033 = """# TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{engine="0",model_name="m"} 2.0
@@ -412,3 +415,95 @@ def test_the_gpus_of_a_container_created_with_capitals_are_read(monkeypatch):
     probe.gpus()
     assert probe.report["gpus"] == [nvml_snapshot(1)["devices"][0]]
     assert probe.checks["gpus"]["ok"] is True and probe.checks["gpus"]["detail"] == "1 GPU(s) read through NVML"
+
+
+# ---- GPUs asked for that the host does not have ----
+
+ABSENT = "GPU-ffffffff-0000-0000-0000-000000000000"
+HERE = "GPUs here: 0 (%s), 1 (%s)" % tuple(NVML_UUIDS)
+
+
+def test_gpus_none_of_which_the_host_has_fail_the_check_naming_them_and_the_hosts(monkeypatch):
+    # Read as "0 GPU(s) read through NVML" and ok, the check said nothing of a wrong `gpus` or a GPU gone.
+    monkeypatch.setattr(vh._nvml, "snapshot", nvml_snapshot)
+    probe = vh.Probe(config("http://127.0.0.1:1", gpus=["7", ABSENT.upper(), "7"]))
+    probe.gpus()
+    assert probe.report["gpus"] == []
+    check = probe.checks["gpus"]
+    assert check["ok"] is False and check["missing"] == ["7", ABSENT.upper()]
+    assert check["detail"] == "GPUs 7, %s do not exist on this host (%s)" % (ABSENT.upper(), HERE)
+
+
+def test_a_gpu_the_host_lacks_beside_one_it_has_is_named_too(monkeypatch):
+    monkeypatch.setattr(vh._nvml, "snapshot", nvml_snapshot)
+    probe = vh.Probe(config("http://127.0.0.1:1", gpus=["0", "5"]))
+    probe.gpus()
+    assert probe.report["gpus"] == [nvml_snapshot(1)["devices"][0]]
+    assert probe.checks["gpus"]["ok"] is False and probe.checks["gpus"]["missing"] == ["5"]
+    assert probe.checks["gpus"]["detail"] == "GPU 5 does not exist on this host (%s)" % HERE
+
+
+def test_the_gpus_of_a_container_that_the_host_lacks_fail_the_check(monkeypatch):
+    monkeypatch.setattr(vh._nvml, "snapshot", lambda timeout: {"devices": []})
+    probe = vh.Probe(config("http://127.0.0.1:1"))
+    probe.report["runtime"] = {"gpus": ["0", "1"]}
+    probe.gpus()
+    assert probe.checks["gpus"]["ok"] is False and probe.checks["gpus"]["missing"] == ["0", "1"]
+    assert probe.checks["gpus"]["detail"] == "GPUs 0, 1 do not exist on this host (GPUs here: none)"
+
+
+def test_a_serving_server_whose_gpus_the_host_lacks_is_degraded_with_the_reason(fake, monkeypatch):
+    monkeypatch.setattr(vh._nvml, "snapshot", nvml_snapshot)
+    report = vh.probe(config(fake.url, model="m", gpus=["7"]))
+    assert report["status"] == "degraded" and report["failed_checks"] == ["gpus"]
+    assert report["reasons"] == ["GPU problem: GPU 7 does not exist on this host (%s)" % HERE]
+
+
+def test_a_mig_device_names_the_gpu_it_is_part_of(monkeypatch):
+    mig = "MIG-c499bdaa-75f3-a380-8d34-076b172fe964"
+
+    def snapshot(timeout):
+        found = nvml_snapshot(timeout)
+        found["devices"][0]["mig_devices"] = [{"uuid": mig, "name": "1g.10gb"}]
+        return found
+
+    monkeypatch.setattr(vh._nvml, "snapshot", snapshot)
+    probe = vh.Probe(config("http://127.0.0.1:1", gpus=[mig.upper()]))
+    probe.gpus()
+    assert [d["index"] for d in probe.report["gpus"]] == [0]
+    assert probe.checks["gpus"]["ok"] is True and probe.checks["gpus"]["missing"] == []
+
+
+NAMES = st.one_of(st.sampled_from(["0", "1", "2", "9"]),
+                  st.tuples(st.sampled_from(NVML_UUIDS + [ABSENT]), st.lists(st.integers(0, 60), max_size=10))
+                  .map(lambda t: recase(*t)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(NAMES, min_size=1, max_size=6))
+def test_the_gpu_check_fails_exactly_when_a_gpu_asked_for_is_absent_or_has_a_problem(names):
+    # An independent reading: a name is GPU i by its number or by its UUID in lower case; GPU 1 has ECC errors.
+    def index_of(name):
+        for i, uuid in enumerate(NVML_UUIDS):
+            if name == str(i) or name.lower() == uuid.lower():
+                return i
+        return None
+
+    absent = []
+    for name in names:
+        if index_of(name) is None and name.lower() not in [a.lower() for a in absent]:
+            absent.append(name)
+    named = sorted(set(index_of(n) for n in names) - set([None]))
+    probe = vh.Probe(config("http://127.0.0.1:1", gpus=names))
+    original, vh._nvml.snapshot = vh._nvml.snapshot, nvml_snapshot
+    try:
+        probe.gpus()
+    finally:
+        vh._nvml.snapshot = original
+    check = probe.checks["gpus"]
+    assert [d["index"] for d in probe.report["gpus"]] == named
+    assert check["missing"] == absent
+    assert check["ok"] is (not absent and 1 not in named)
+    assert all(name in check["detail"] for name in absent)
+    if not absent and 1 not in named:
+        assert check["detail"] == "%d GPU(s) read through NVML" % len(named)
