@@ -118,10 +118,25 @@ def write(path, content, mode, uid=0, gid=0, check_mode=False, dir_mode=None):
         return dir_changed
     if check_mode:
         return True
+    tmp = stage(path, content, mode, uid, gid)
+    try:
+        os.rename(tmp, path)
+    except OSError as exc:
+        discard(tmp)
+        raise FileError("%s could not be written: %s" % (path, exc.strerror or exc))
+    return True
+
+
+def stage(path, content, mode, uid=0, gid=0):
+    """A new file beside `path` holding `content` with `mode` and owner, for the caller to check and then rename
+    over `path` (atomic) or unlink. A missing directory is created 0755.
+
+    It keeps the extension of `path`: checkers such as `systemd-analyze verify` read the file's type from it."""
+    directory = os.path.dirname(path)
     try:
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o755)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".inferops-")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".inferops-", suffix=os.path.splitext(path)[1])
     except OSError as exc:
         raise FileError("%s could not be written: %s" % (path, exc.strerror or exc))
     try:
@@ -129,17 +144,16 @@ def write(path, content, mode, uid=0, gid=0, check_mode=False, dir_mode=None):
         os.fchown(fd, uid, gid)
         with os.fdopen(fd, "w") as handle:
             handle.write(content)
-        os.rename(tmp, path)
     except OSError as exc:
-        _unlink_quietly(tmp)
+        discard(tmp)
         raise FileError("%s could not be written: %s" % (path, exc.strerror or exc))
     except Exception:
-        _unlink_quietly(tmp)
+        discard(tmp)
         raise
-    return True
+    return tmp
 
 
-def _unlink_quietly(path):
+def discard(path):
     try:
         os.unlink(path)
     except OSError:

@@ -121,7 +121,6 @@ UNFORESEEABLE = {
     "inferops.vllm.monitoring : Restart node exporter": "a handler of that unit",
     "inferops.vllm.monitoring : Keep the collector's timer running": "it runs the node exporter's collector",
     "inferops.vllm.monitoring : Restart the GPU metrics timer": "a handler of that timer",
-    "inferops.vllm.monitoring : Create the node exporter's textfile directory": "the package creates it",
 }
 
 
