@@ -314,11 +314,14 @@ def test_api_key_rotation_without_a_failed_request(deployed, tmp_path):
         assert completion(host, 8001, key=new_key) == 200
 
 
-@pytest.fixture
-def tls_host(deployed, tmp_path):
-    """The second lab host serving HTTPS with a certificate of a private CA (certificate refresh on)."""
+@pytest.fixture(scope="module")
+def tls_host(deployed, tmp_path_factory):
+    """The second lab host serving HTTPS with a certificate of a private CA (certificate refresh on), for the tests
+    of rotate_certs.yml; plain HTTP again after them. Deployed once for them all: each deploy restarts both
+    instances."""
     import trustme
 
+    tmp_path = tmp_path_factory.mktemp("tls")
     host = deployed[-1]
     ca = trustme.CA()
     files = {}
@@ -342,12 +345,6 @@ def served_der(host, port):
     return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate((host.ip, port), timeout=5))
 
 
-def pem_der(path):
-    import ssl
-
-    return ssl.PEM_cert_to_DER_cert(open(path).read())
-
-
 def test_rotate_certs_refuses_a_mismatched_pair_and_keeps_serving_the_old(tls_host):
     import trustme
 
@@ -356,17 +353,19 @@ def test_rotate_certs_refuses_a_mismatched_pair_and_keeps_serving_the_old(tls_ho
     mine = ca.issue_cert("127.0.0.1", host.name)
     (tmp / "bad.crt").write_bytes(mine.cert_chain_pems[0].bytes())
     (tmp / "bad.key").write_bytes(other.private_key_pem.bytes())  # not this certificate's key
+    served = served_der(host, 8001)
     proc = playbook(os.path.join(RUNBOOKS, "rotate_certs.yml"),
                     dict(tls, cert_src=str(tmp / "bad.crt"), key_src=str(tmp / "bad.key"),
                          ca_cert_src=files["ca.crt"]), limit=host.name)
     assert proc.returncode != 0
     assert "the key does not match the certificate" in proc.stdout and "nothing was swapped" in proc.stdout
-    assert served_der(host, 8001) == pem_der(tls["vllm_tls_cert_src"])
+    assert served_der(host, 8001) == served
 
 
 def test_rotate_certs_serves_the_new_certificate_without_a_restart(tls_host):
     host, ca, files, tls, tmp = tls_host
     pid = host.container_state("vllm-opt-small")["Pid"]
+    before = served_der(host, 8001)
     proc = playbook(os.path.join(RUNBOOKS, "rotate_certs.yml"),
                     dict(tls, ca_cert_src=files["ca.crt"], ca_key_src=files["ca.key"],
                          required_names=[host.name, "127.0.0.1"]), limit=host.name)
@@ -375,7 +374,7 @@ def test_rotate_certs_serves_the_new_certificate_without_a_restart(tls_host):
     import ssl
 
     new_der = ssl.PEM_cert_to_DER_cert(new)
-    assert new_der != pem_der(tls["vllm_tls_cert_src"])
+    assert new_der != before
     assert served_der(host, 8001) == new_der and served_der(host, 8002) == new_der
     assert host.container_state("vllm-opt-small")["Pid"] == pid  # --enable-ssl-refresh: no restart
     assert "without a restart" in proc.stdout
