@@ -43,15 +43,12 @@ def _path(field, value):
 
 def _mode(field, value):
     """A mode from "0644"/"644" or from an integer (what YAML makes of an unquoted 0644)."""
-    if isinstance(value, bool):
-        value = None
-    elif isinstance(value, int):
+    mode = None
+    if isinstance(value, int) and not isinstance(value, bool):
         mode = value
     elif isinstance(value, str) and value.isdigit() and value.isascii() and set(value) <= set("01234567"):
         mode = int(value, 8)
-    else:
-        value = None
-    if value is None or not 0 <= mode <= 0o7777:
+    if mode is None or not 0 <= mode <= 0o7777:
         raise ConfigError("%s: give the mode as an octal string, like \"0644\"" % field)
     return mode
 
@@ -185,8 +182,8 @@ def apply(files, directories, absent, check_mode=False, want_diff=False):
                 raise ConfigError("%s could not be written: %s" % (path, exc.strerror or exc))
             staged.pop(0)
     finally:
-        for _path_, tmp in staged:
-            _files.discard(tmp)
+        for pending_rename in staged:
+            _files.discard(pending_rename[1])
     for path in absent:
         if _files.remove(path, check_mode):
             changed.append(path)

@@ -65,7 +65,7 @@ def test_a_mode_that_is_not_octal_is_refused(mode):
 
 
 def test_modes_are_read_as_octal_from_text_and_taken_as_is_from_yamls_integer():
-    [a, b], _, _ = cf.plan([dict(path="/a", content="", mode="0640"), dict(path="/b", content="", mode=0o640)], [], [])
+    a, b = cf.plan([dict(path="/a", content="", mode="0640"), dict(path="/b", content="", mode=0o640)], [], [])[0]
     assert a["mode"] == b["mode"] == 0o640
 
 
@@ -90,7 +90,7 @@ def test_an_owner_that_is_not_a_name_is_refused(name):
 @given(st.one_of(st.text(max_size=40), st.integers(), st.none(), st.booleans(), st.floats()))
 def test_any_path_is_either_a_normalised_absolute_one_or_refused_with_the_field(value):
     try:
-        [item], _, _ = cf.plan([dict(path=value, content="")], [], [])
+        [item] = cf.plan([dict(path=value, content="")], [], [])[0]
     except cf.ConfigError as exc:
         assert str(exc).startswith("files[0].path: ")
         return
@@ -103,7 +103,7 @@ def test_any_path_is_either_a_normalised_absolute_one_or_refused_with_the_field(
 @given(st.one_of(st.text(max_size=8), st.integers(-10, 0o20000), st.none(), st.booleans()))
 def test_any_mode_is_either_within_0_to_7777_or_refused(value):
     try:
-        [item], _, _ = cf.plan([dict(path="/x", content="", mode=value)], [], [])
+        [item] = cf.plan([dict(path="/x", content="", mode=value)], [], [])[0]
     except cf.ConfigError as exc:
         assert "mode: give the mode as an octal string" in str(exc)
         return
@@ -114,14 +114,13 @@ def test_any_mode_is_either_within_0_to_7777_or_refused(value):
 
 def test_files_are_written_with_their_mode_and_a_second_pass_changes_nothing(tmp_path):
     files = [entry(tmp_path / "a.conf", "a=1\n", mode="0640"), entry(tmp_path / "sub" / "b.conf", "b\n")]
-    changed, _ = run(files, directories=[dict(path=str(tmp_path / "d"), mode="0700", owner=owner(),
-                                              group=group())])
+    directory = dict(path=str(tmp_path / "d"), mode="0700", owner=owner(), group=group())
+    changed = run(files, directories=[directory])[0]
     assert changed == [str(tmp_path / "d"), str(tmp_path / "a.conf"), str(tmp_path / "sub" / "b.conf")]
     assert (tmp_path / "a.conf").read_text() == "a=1\n"
     assert stat.S_IMODE((tmp_path / "a.conf").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o700
-    assert run(files, directories=[dict(path=str(tmp_path / "d"), mode="0700", owner=owner(), group=group())]) == (
-        [], [])
+    assert run(files, directories=[directory]) == ([], [])
 
 
 def test_a_mode_change_alone_is_a_change(tmp_path):
@@ -185,7 +184,7 @@ def test_a_missing_group_is_an_error_naming_the_file_outside_check_mode(tmp_path
 
 def test_the_diff_shows_the_content_before_and_after_and_the_new_mode(tmp_path):
     (tmp_path / "a").write_text("old\n")
-    _, [diff] = run([entry(tmp_path / "a", "new\n", mode="0600")], diff=True)
+    [diff] = run([entry(tmp_path / "a", "new\n", mode="0600")], diff=True)[1]
     assert (diff["before"], diff["after"]) == ("old\n", "new\n")
     assert diff["after_header"] == "%s (mode 0600, %s:%s)" % (tmp_path / "a", owner(), group())
 

@@ -288,7 +288,6 @@ def test_an_instance_created_with_capitals_is_left_alone_beside_its_own_processe
     assert [g["index"] for g in again["memory_plan"]["gpus"]] == [0, 1]
 
 
-
 # The spec is where vllm_serve's options become what each backend is given: built from GPUs typed in any case, it
 # carries NVML's form, so the container's DeviceRequests, the unit's `docker run --gpus`, the venv's
 # CUDA_VISIBLE_DEVICES, the result and the config hash name each GPU one way.
@@ -319,7 +318,6 @@ def test_vllm_serve_returns_and_plans_on_the_gpus_in_nvmls_form(tmp_path):
     assert "failed" not in result, result["msg"]
     assert result["gpus"] == [UUIDS[1], "0"] and backend.spec.gpus == [UUIDS[1], "0"]
     assert backend.wanted["summary"]["gpus"] == [UUIDS[1], "0"]
-
 
 
 @pytest.mark.parametrize("uuid_first", [False, True])

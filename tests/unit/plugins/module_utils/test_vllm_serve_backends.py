@@ -154,7 +154,6 @@ def test_the_container_is_created_with_the_stop_timeout_as_its_own(monkeypatch, 
     assert result["changed"] is True and result["container"]["id"] == "c0ffee"
 
 
-
 def test_a_uuid_typed_in_capitals_reaches_docker_in_nvmls_form(monkeypatch, tmp_path):
     # The container is created with the UUID as NVML prints it, and its config hash is that of NVML's form: typing
     # the UUID in another case later changes nothing.
