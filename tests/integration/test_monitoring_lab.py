@@ -71,7 +71,7 @@ def monitored(lab_hosts):
         "monitoring_grafana_provisioning": True,
         # The instances answer only the monitoring host (inferops-lab-1) and this machine, which sends the tests'
         # traffic: not the other lab host.
-        "vllm_firewall": True, "vllm_firewall_sources": [this_machine()],
+        "vllm_firewall": True, "vllm_firewall_sources": [this_machine(lab_hosts[0])],
         "vllm_instances": [{"name": INSTANCE, "model": "facebook/opt-125m", "model_params": "125M", "port": PORT,
                             "gpu_memory_utilization": 0.3, "max_model_len": 2048}],
     }
@@ -87,10 +87,12 @@ def monitored(lab_hosts):
                 "firewall.service; nft delete table inet inferops_vllm", check=False)
 
 
-def this_machine():
-    """This machine's address as the lab hosts see it: the gateway of Docker's default bridge."""
-    return subprocess.run(["docker", "network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+def this_machine(host):
+    """This machine's address as the lab hosts see it: their default gateway, the address of Docker's default bridge
+    (`docker network inspect bridge` leaves the gateway out when docker0 existed before dockerd started)."""
+    route = host.sh("ip route show default").stdout.split()
+    assert route[:2] == ["default", "via"], "no default route on %s: %s" % (host.name, route)
+    return route[2]
 
 
 def restore(host):
@@ -347,7 +349,7 @@ def test_the_instances_answer_the_monitoring_host_and_the_allowed_sources_only(m
     assert other.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
                      "http://127.0.0.1:%d/metrics" % PORT).stdout == "200"
     rules = other.run("nft", "list", "table", "inet", "inferops_vllm").stdout
-    assert re.search(r"elements = \{ %d \}" % PORT, rules) and monitoring_host.ip in rules and this_machine() in rules
+    assert re.search(r"elements = \{ %d \}" % PORT, rules) and monitoring_host.ip in rules and this_machine(monitoring_host) in rules
     # Prometheus on the monitoring host still scrapes both instances.
     prometheus = monitored["prometheus"]
     assert wait(lambda: len(prometheus.query('up{job="vllm"} == 1')) == 2, 30), prometheus.query('up{job="vllm"}')
@@ -362,7 +364,7 @@ def test_a_table_removed_behind_the_roles_back_is_loaded_again_and_turning_it_of
     instances = [{"name": INSTANCE, "model": "facebook/opt-125m", "model_params": "125M", "port": PORT,
                   "gpu_memory_utilization": 0.3, "max_model_len": 2048}]
     again = playbook(os.path.join(ROOT, "tests", "integration", "playbooks", "vllm_lab.yml"),
-                     {"vllm_firewall": True, "vllm_firewall_sources": [this_machine()], "vllm_instances": instances})
+                     {"vllm_firewall": True, "vllm_firewall_sources": [this_machine(monitoring_host)], "vllm_instances": instances})
     assert again.returncode == 0, again.stdout[-5000:]
     assert metrics_from(other, monitoring_host) == (7, "000")
 
