@@ -25,6 +25,9 @@ PORT = 8011
 # A new name each run: the instance's series are new, so no restart or token of an earlier run counts.
 INSTANCE = "mon%s" % uuid.uuid4().hex[:6]
 TIMINGS = os.path.join(ROOT, "build", "logs", "monitoring-lab-alerts.json")
+WATCHDOG_UNIT = "inferops-vllm-watchdog.service"
+# The vllm role's vllm_watchdog_textfile_dir, read by the node exporter.
+WATCHDOG_METRICS = "/var/lib/prometheus/node-exporter/inferops_vllm_watchdog.prom"
 
 
 def playbook(path, extra, timeout=900):
@@ -357,6 +360,7 @@ def test_the_instances_answer_the_monitoring_host_and_the_allowed_sources_only(m
 
 def test_a_table_removed_behind_the_roles_back_is_loaded_again_and_turning_it_off_removes_everything(
         monitored, lab_hosts):
+    """Also the watchdog: on with the firewall, then off with it, which stops it and removes its metrics file."""
     monitoring_host, other = lab_hosts[0], lab_hosts[1]
     # What a host firewall's `flush ruleset` does: the unit still reads as started.
     monitoring_host.run("nft", "delete", "table", "inet", "inferops_vllm")
@@ -364,12 +368,16 @@ def test_a_table_removed_behind_the_roles_back_is_loaded_again_and_turning_it_of
     instances = [{"name": INSTANCE, "model": "facebook/opt-125m", "model_params": "125M", "port": PORT,
                   "gpu_memory_utilization": 0.3, "max_model_len": 2048}]
     again = playbook(os.path.join(ROOT, "tests", "integration", "playbooks", "vllm_lab.yml"),
-                     {"vllm_firewall": True, "vllm_firewall_sources": [this_machine(monitoring_host)], "vllm_instances": instances})
+                     {"vllm_firewall": True, "vllm_firewall_sources": [this_machine(monitoring_host)],
+                      "vllm_watchdog_enabled": True, "vllm_instances": instances})
     assert again.returncode == 0, again.stdout[-5000:]
     assert metrics_from(other, monitoring_host) == (7, "000")
+    for host in lab_hosts:
+        assert host.run("systemctl", "is-active", WATCHDOG_UNIT, check=False).stdout.strip() == "active"
+        assert wait(lambda h=host: h.run("test", "-s", WATCHDOG_METRICS, check=False).returncode == 0, 30), host.name
 
     off = playbook(os.path.join(ROOT, "tests", "integration", "playbooks", "vllm_lab.yml"),
-                   {"vllm_firewall": False, "vllm_instances": instances})
+                   {"vllm_firewall": False, "vllm_watchdog_enabled": False, "vllm_instances": instances})
     assert off.returncode == 0, off.stdout[-5000:]
     assert metrics_from(other, monitoring_host) == (0, "200")
     for host in lab_hosts:
@@ -378,3 +386,6 @@ def test_a_table_removed_behind_the_roles_back_is_loaded_again_and_turning_it_of
             assert host.run("test", "-e", path, check=False).returncode == 1, path
         enabled = host.run("systemctl", "is-enabled", "inferops-vllm-firewall.service", check=False)
         assert enabled.returncode != 0 and "enabled" != enabled.stdout.strip()
+        for unit in ("inferops-vllm-firewall.service", WATCHDOG_UNIT):
+            assert host.run("systemctl", "is-active", unit, check=False).stdout.strip() != "active", unit
+        assert host.run("test", "-e", WATCHDOG_METRICS, check=False).returncode == 1
