@@ -235,7 +235,15 @@ SIGNATURES = (
          [r"EngineDeadError", r"EngineCore encountered (?:a fatal error|an issue)", r"Engine core initialization "
           r"failed", r"EngineCore failed to start", r"(?:Worker|Engine core) proc \S{1,80} died unexpectedly",
           r"WorkerProc (?:initialization failed|failed to start)", r"AsyncLLM output_handler failed",
-          r"Engine loop has died", r"Engine process failed to start", r"EngineCore hit an exception"],
+          r"Engine loop has died", r"Engine process failed to start", r"EngineCore hit an exception",
+          # vllm/v1/utils.py (0.32), wait_for_completion_or_failure, raised as RuntimeError and logged by
+          # logger.exception("Exception occurred while running API servers: %s"): f"Process {proc.name} (PID:
+          # {proc.pid}) died with exit code {proc.exitcode}" (an API server, engine core or the DP coordinator;
+          # exitcode an int or None) and f"Engine core process {failed_proc_name} died unexpectedly." (a name such
+          # as EngineCore_DP0, or "Actor <ref>" under Ray). Every exit code: one that names the cause (-4) also
+          # matches a specific code, which ranks first.
+          r"Process \S{1,80} \(PID: \d{1,10}\) died with exit code (?:-?\d{1,10}|None)\b",
+          r"Engine core process " + _GAP + r" died unexpectedly"],
          "The engine core died. This is the generic tail: the cause is the diagnosis listed before this one, or, "
          "when none is, earlier in the log or in a worker's own output (diagnose.yml collects it). The server "
          "cannot serve until restarted (reset.yml), once the cause is fixed.",
@@ -244,6 +252,16 @@ SIGNATURES = (
 
 # What makes a diagnosis redundant: a gated repository also ends in vLLM's "Invalid repository ID".
 SUPERSEDES = {"model_gated": ("model_not_found",)}
+
+
+def describe(code):
+    """(message, runbook) of the first entry of `code` in SIGNATURES: the text of a diagnosis that other evidence
+    (a container's or unit's state) makes, so that it reads as the one the logs give."""
+    for name, _pattern, message, runbook in SIGNATURES:
+        if name == code:
+            return message, runbook
+    raise KeyError(code)
+
 
 # Numbers and names worth quoting in the message (the last line of the code that has them), so the fix can be
 # read off the diagnosis without opening the log.

@@ -128,8 +128,10 @@ def docker_state_from(name, attrs):
     }
 
 
-_SYSTEMD_PROPS = ("LoadState", "ActiveState", "SubState", "NRestarts", "ExecMainStatus", "ExecMainPID",
-                  "ActiveEnterTimestampMonotonic", "Environment")
+# ExecMainCode is how the main process last ended, a CLD_* si_code: 1 (CLD_EXITED) makes ExecMainStatus its exit
+# status, 2 (CLD_KILLED) and 3 (CLD_DUMPED, killed with a core dump) the number of the signal that killed it.
+_SYSTEMD_PROPS = ("LoadState", "ActiveState", "SubState", "NRestarts", "ExecMainCode", "ExecMainStatus",
+                  "ExecMainPID", "ActiveEnterTimestampMonotonic", "Environment")
 
 
 def systemd_state(unit, log_lines, timeout, secrets=()):
@@ -159,7 +161,7 @@ def systemd_state_from(unit, show):
         "status": "%s/%s" % (active, sub), "active_state": active, "sub_state": sub,
         "restarting": sub == "auto-restart",
         "restart_count": max(0, _int(values.get("NRestarts"), 0)),
-        "exit_code": _int(values.get("ExecMainStatus")),
+        "exit_code": _int(values.get("ExecMainStatus")), "exec_main_code": _int(values.get("ExecMainCode")),
         "oom_killed": False, "health": None, "pid": pid if pid and pid > 0 else None, "gpus": gpus,
     }
 

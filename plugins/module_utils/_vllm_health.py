@@ -338,6 +338,13 @@ class Probe(object):
             specific.append(_diagnosis(
                 "oom_killed", "The kernel's OOM killer stopped the container: host RAM, not GPU memory, ran out.",
                 "State.OOMKilled = true", _log_signatures.RUNBOOKS + "oom_recover.yml"))
+        sigill = _sigill_evidence(state)
+        # The main process itself killed by SIGILL (an AVX-512 build imported on an AVX2 host) may log nothing: the
+        # state is then the only evidence. As with the logs' codes, the first diagnosis of a code is kept, so a
+        # SIGILL line in the log (which names the process) wins over the state's.
+        if sigill and "illegal_instruction" not in known.union(d["code"] for d in specific):
+            message, runbook = _log_signatures.describe("illegal_instruction")
+            specific.append(_diagnosis("illegal_instruction", message, sigill, runbook))
         self.diagnosis[at:at] = specific
 
     def _status(self, port_open, health_status):
@@ -363,6 +370,33 @@ class Probe(object):
         if self.report["reasons"]:
             return "degraded"
         return "healthy"
+
+
+# SIGILL's number on Linux, and a container's State.ExitCode when its main process dies of it: Docker (runc) reports a
+# main process killed by signal N as 128 + N, the shell's convention (137 = 128 + 9, SIGKILL, is the familiar one).
+# State has no field for the signal itself, so the diagnosis reads 132 as SIGILL.
+SIGILL = 4
+SIGILL_EXIT_CODE = 128 + SIGILL
+# systemd's ExecMainCode when the main process was killed by a signal: CLD_KILLED, CLD_DUMPED (with a core dump).
+_KILLED = {2: "CLD_KILLED", 3: "CLD_DUMPED"}
+
+
+def _sigill_evidence(state):
+    """What in a container's or unit's state says its main process died of SIGILL, or None.
+
+    A container that exited 132 is read as killed by SIGILL: a process that called exit(132) itself reads the same,
+    and so does a shell that started vLLM and passed its child's 128 + 4 on. A unit says it exactly: ExecMainCode
+    2 or 3 (killed) with ExecMainStatus 4, the signal; ExecMainCode 1 (exited) with status 4 is an exit code 4."""
+    if not state or not state.get("exists") or (state.get("running") and not state.get("restarting")):
+        return None
+    if state.get("type") == "docker" and state.get("exit_code") == SIGILL_EXIT_CODE:
+        return "State.ExitCode = %d: read as killed by SIGILL (exit code %d = 128 + %d)" % (
+            SIGILL_EXIT_CODE, SIGILL_EXIT_CODE, SIGILL)
+    code = state.get("exec_main_code")
+    if state.get("type") == "systemd" and code in _KILLED and state.get("exit_code") == SIGILL:
+        return "ExecMainCode = %d (%s), ExecMainStatus = %d: the main process was killed by SIGILL" % (
+            code, _KILLED[code], SIGILL)
+    return None
 
 
 def _gpu_keys(device):

