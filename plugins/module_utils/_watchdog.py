@@ -64,9 +64,9 @@ BACKENDS = ("docker", "systemd", "venv")
 METRICS_FILE = "inferops_vllm_watchdog.prom"
 # journald reads a "<N>" prefix as the line's priority (SyslogLevelPrefix=yes, systemd's default).
 CRIT, ERR, WARNING, NOTICE, INFO = 2, 3, 4, 5, 6
-# Failures a restart cannot fix (a key or a model that does not match the configuration): the instance is held
-# out, and a person is told, but it is not restarted.
-NOT_FIXED_BY_RESTART = ("api_key_rejected", "model_not_served")
+# Failures a restart cannot fix (a key or a model that does not match the configuration, a build or dtype whose
+# instructions this CPU lacks): the instance is held out, and a person is told, but it is not restarted.
+NOT_FIXED_BY_RESTART = ("api_key_rejected", "model_not_served", "illegal_instruction")
 # What the agent answers at most, and how long it waits for HAProxy's question.
 AGENT_REASON_MAX = 120
 AGENT_READ_TIMEOUT = 2.0

@@ -216,8 +216,8 @@ def test_a_starting_instance_is_out_but_left_to_start():
     assert "restart" not in host.calls and w.agent_answer().startswith("down #watchdog starting")
 
 
-@pytest.mark.parametrize("code", wd.NOT_FIXED_BY_RESTART)
-def test_a_key_or_model_mismatch_holds_the_instance_out_without_restarting_it(code):
+@pytest.mark.parametrize("code", ["api_key_rejected", "model_not_served", "illegal_instruction"])
+def test_a_failure_a_restart_cannot_fix_holds_the_instance_out_without_restarting_it(code):
     host = FakeHost([verdict("unhealthy", code, "refused")] * 4)
     w, lines = watch(host)
     run(w, 4)
