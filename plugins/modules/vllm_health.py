@@ -220,7 +220,10 @@ progress:
   type: dict
   sample: {phase: loading, loading: {percent: 40, shards_loaded: 2, shards_total: 5}}
 runtime:
-  description: Container or unit state (running, status, restart_count, oom_killed, exit_code, health).
+  description:
+    - Container or unit state (running, status, restart_count, oom_killed, exit_code, health).
+    - For a unit, C(exit_code) is systemd's C(ExecMainStatus), and C(exec_main_code) its C(ExecMainCode), which says
+      how to read it (1, exited, with that code; 2 or 3, killed or dumped by that signal).
   returned: when O(container) or O(unit) is given
   type: dict
 waited_s:
