@@ -127,7 +127,7 @@ class Probe(object):
         if state.get("oom_killed"):
             detail += ", OOM-killed by the kernel"
         if state.get("exit_code") and not state["running"]:
-            detail += ", exit code %s" % state["exit_code"]
+            detail += ", " + _how_it_ended(state)
         self.checks["runtime"] = _check(ok, started, detail)
         return lines
 
@@ -381,6 +381,13 @@ SIGILL_EXIT_CODE = 128 + SIGILL
 _KILLED = {2: "CLD_KILLED", 3: "CLD_DUMPED"}
 
 
+def _how_it_ended(state):
+    """"exit code N", or "killed by signal N" for a unit whose ExecMainStatus is the signal that killed it."""
+    if state.get("type") == "systemd" and state.get("exec_main_code") in _KILLED:
+        return "killed by signal %s" % state.get("exit_code")
+    return "exit code %s" % state.get("exit_code")
+
+
 def _sigill_evidence(state):
     """What in a container's or unit's state says its main process died of SIGILL, or None.
 
@@ -450,8 +457,8 @@ def wait_until_ready(config, start_period, poll_interval, clock=time.monotonic, 
                 return report, "the %s %s does not exist" % (state["type"], state["name"])
             if not state["running"] and not state["restarting"]:
                 report["outcome"] = "exited"
-                return report, "the %s %s is not running (%s, exit code %s)" % (
-                    state["type"], state["name"], state["status"], state.get("exit_code"))
+                return report, "the %s %s is not running (%s, %s)" % (
+                    state["type"], state["name"], state["status"], _how_it_ended(state))
             if state["restarting"] or state["restart_count"] > first_restarts:
                 report["outcome"] = "crash_loop"
                 return report, "the %s %s is crash-looping (%d restart(s))" % (

@@ -477,6 +477,17 @@ def test_a_probe_of_a_container_killed_by_sigill_says_down_and_why(monkeypatch):
     assert report["checks"]["runtime"]["detail"] == "docker vllm: exited, 0 restart(s), exit code 132"
 
 
+@pytest.mark.parametrize("state, ended", [
+    (unit(2, 9), "killed by signal 9"), (unit(3, 11), "killed by signal 11"), (unit(1, 4), "exit code 4"),
+    (container(137), "exit code 137")])
+def test_the_runtime_check_says_how_the_main_process_ended(monkeypatch, state, ended):
+    # systemd's ExecMainStatus is a signal's number when ExecMainCode says killed (2) or dumped (3).
+    monkeypatch.setattr(vh._runtime, "read", lambda kind, name, log_lines, timeout, secrets: (state, []))
+    report = vh.probe(config("http://127.0.0.1:%d" % free_port(), runtime=state["type"], name="vllm"),
+                      with_gpus=False)
+    assert report["checks"]["runtime"]["detail"].endswith(", " + ended)
+
+
 # ---- the GPUs read: the instance's, named by index or by UUID in any case ----
 
 # NVML's form: "GPU-" and lower-case hex.
