@@ -131,7 +131,7 @@ def docker_state_from(name, attrs):
 # ExecMainCode is how the main process last ended, a CLD_* si_code: 1 (CLD_EXITED) makes ExecMainStatus its exit
 # status, 2 (CLD_KILLED) and 3 (CLD_DUMPED, killed with a core dump) the number of the signal that killed it.
 _SYSTEMD_PROPS = ("LoadState", "ActiveState", "SubState", "NRestarts", "ExecMainCode", "ExecMainStatus",
-                  "ExecMainPID", "ActiveEnterTimestampMonotonic", "Environment")
+                  "ExecMainPID", "ActiveEnterTimestampMonotonic", "Environment", "Result")
 
 
 def systemd_state(unit, log_lines, timeout, secrets=()):
@@ -162,7 +162,9 @@ def systemd_state_from(unit, show):
         "restarting": sub == "auto-restart",
         "restart_count": max(0, _int(values.get("NRestarts"), 0)),
         "exit_code": _int(values.get("ExecMainStatus")), "exec_main_code": _int(values.get("ExecMainCode")),
-        "oom_killed": False, "health": None, "pid": pid if pid and pid > 0 else None, "gpus": gpus,
+        # systemd (since 243) ends a unit whose process the kernel's OOM killer took with Result=oom-kill.
+        "oom_killed": values.get("Result") == "oom-kill", "health": None,
+        "pid": pid if pid and pid > 0 else None, "gpus": gpus,
     }
 
 

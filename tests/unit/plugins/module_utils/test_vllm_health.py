@@ -488,6 +488,16 @@ def test_the_runtime_check_says_how_the_main_process_ended(monkeypatch, state, e
     assert report["checks"]["runtime"]["detail"].endswith(", " + ended)
 
 
+@pytest.mark.parametrize("result, killed", [("oom-kill", True), ("signal", False), ("exit-code", False), ("", False)])
+def test_a_unit_the_oom_killer_ended_is_diagnosed_from_its_result(result, killed):
+    state = _runtime.systemd_state_from("vllm.service", "LoadState=loaded\nActiveState=failed\nSubState=failed\n"
+                                        "ExecMainCode=2\nExecMainStatus=9\nResult=%s\n" % result)
+    assert state["oom_killed"] is killed
+    found = [d for d in diagnosed(state) if d["code"] == "oom_killed"]
+    assert [d["evidence"] for d in found] == (["Result = oom-kill"] if killed else [])
+    assert all("unit's process" in d["message"] for d in found)
+
+
 # ---- the GPUs read: the instance's, named by index or by UUID in any case ----
 
 # NVML's form: "GPU-" and lower-case hex.

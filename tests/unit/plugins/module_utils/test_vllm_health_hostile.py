@@ -401,12 +401,12 @@ def test_any_docker_inspect_gives_a_well_typed_state(attrs):
 
 
 SHOW_KEYS = ["LoadState", "ActiveState", "SubState", "NRestarts", "ExecMainCode", "ExecMainStatus", "ExecMainPID",
-             "Environment", ""]
+             "Environment", "Result", ""]
 
 
 @PROPERTY
 @given(st.lists(st.tuples(st.sampled_from(SHOW_KEYS), st.text(max_size=12) | st.sampled_from(
-    ["loaded", "active", "running", "auto-restart", "3", "-1", "\xb2", "\u0663", "99999999999999999999",
+    ["loaded", "active", "running", "auto-restart", "oom-kill", "3", "-1", "\xb2", "\u0663", "99999999999999999999",
      "CUDA_VISIBLE_DEVICES=0,1 X=1"])), max_size=10) | st.lists(st.text(max_size=30), max_size=5).map(
     lambda lines: [tuple(line.partition("=")[::2]) for line in lines]))
 def test_any_systemctl_show_gives_a_well_typed_state(pairs):
@@ -514,7 +514,7 @@ def test_systemctl_show_is_asked_for_how_the_main_process_ended(monkeypatch):
     monkeypatch.setattr(_runtime, "_run", run)
     state, lines = _runtime.systemd_state("vllm.service", 0, 5)
     assert lines == [] and len(calls) == 1
-    assert "ExecMainCode" in calls[0][-1].split("=", 1)[1].split(",")
+    assert {"ExecMainCode", "Result"} <= set(calls[0][-1].split("=", 1)[1].split(","))
     assert (state["exec_main_code"], state["exit_code"]) == (3, 4)
 
 
