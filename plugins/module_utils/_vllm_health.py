@@ -335,11 +335,11 @@ class Probe(object):
                 specific.append(found)
         state = self.report["runtime"]
         if state and state.get("oom_killed"):
-            unit = state.get("type") == "systemd"
+            what, evidence = ("unit's process", "Result = oom-kill") if state.get("type") == "systemd" else (
+                "container", "State.OOMKilled = true")
             specific.append(_diagnosis(
-                "oom_killed", "The kernel's OOM killer stopped the %s: host RAM, not GPU memory, ran out."
-                % ("unit's process" if unit else "container"), "Result = oom-kill" if unit else "State.OOMKilled = true",
-                _log_signatures.RUNBOOKS + "oom_recover.yml"))
+                "oom_killed", "The kernel's OOM killer stopped the %s: host RAM, not GPU memory, ran out." % what,
+                evidence, _log_signatures.RUNBOOKS + "oom_recover.yml"))
         sigill = _sigill_evidence(state)
         # The main process itself killed by SIGILL (an AVX-512 build imported on an AVX2 host) may log nothing: the
         # state is then the only evidence. As with the logs' codes, the first diagnosis of a code is kept, so a
