@@ -17,6 +17,8 @@ description:
     without a reload.
   - With O(wait_idle), a drain waits until the server has no session in flight (a stream runs to its end) or the
     time is up, and says how many were left.
+  - With O(wait_up), putting a server back waits until the gateway's health checks count it up, so that it takes
+    requests again before the next instance of a rolling restart is drained. It fails when time runs out.
   - The gateway names its servers C(<inventory host>-<instance>) in the backend C(vllm).
   - A state set this way lasts until HAProxy restarts or reloads; the gateway role's reloads happen when its
     configuration changes.
@@ -49,6 +51,17 @@ options:
     description: With O(state=drain), seconds to wait for the server's sessions in flight to end; 0 does not wait.
     type: int
     default: 0
+  wait_up:
+    description:
+      - With O(state=ready), seconds to wait until the server takes requests again (HAProxy's checks count it C(UP));
+        0 does not wait.
+      - A restarted instance is C(DOWN) at the gateway until C(gateway_check_rise) checks in a row pass, one every
+        C(gateway_check_interval). Until then, draining another instance of the same backend would leave no server to
+        take the traffic.
+      - When time runs out the module fails, and says the server's status.
+    type: int
+    default: 0
+    version_added: 0.4.0
   missing_ok:
     description: A backend without this server is not an error (a gateway that does not front this instance).
     type: bool
@@ -63,10 +76,11 @@ EXAMPLES = r"""
     wait_idle: 60
   delegate_to: gateway-01.example.internal
 
-- name: Put it back
+- name: Put it back, and wait up to 60 s until the gateway's checks count it up
   inferops.vllm.gateway_server:
     server: "{{ inventory_hostname }}-llama-70b"
     state: ready
+    wait_up: 60
   delegate_to: gateway-01.example.internal
 """
 
@@ -79,8 +93,15 @@ sessions_left:
   description: Sessions still in flight when the drain stopped waiting (0 when idle).
   returned: always
   type: int
+after:
+  description:
+    - The server's status when the module ended (C(UP), C(DOWN), C(DRAIN)...); null when the backend has no such
+      server, or in check mode.
+  returned: always
+  type: str
+  version_added: 0.4.0
 waited:
-  description: Seconds spent waiting for the sessions to end.
+  description: Seconds spent waiting, for the sessions to end (O(wait_idle)) or for the server to be up (O(wait_up)).
   returned: always
   type: float
 """
@@ -92,13 +113,6 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.inferops.vllm.plugins.module_utils import _haproxy_admin
 
 
-def needs_change(status, state):
-    """Whether a server `show stat` reports as `status` (UP, DOWN, DRAIN, MAINT, "MAINT (via ...)", "UP 1/2"...)
-    is not yet in `state`: ready is any status but a drain or a maintenance."""
-    drained, in_maintenance = status.startswith("DRAIN"), status.startswith("MAINT")
-    return {"drain": not drained, "maint": not in_maintenance, "ready": drained or in_maintenance}[state]
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -107,17 +121,19 @@ def main():
             backend=dict(type="str", default="vllm"),
             socket=dict(type="path", default="/run/haproxy/admin.sock"),
             wait_idle=dict(type="int", default=0),
+            wait_up=dict(type="int", default=0),
             missing_ok=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
     p = module.params
-    report = {"changed": False, "before": None, "sessions_left": 0, "waited": 0.0}
+    report = {"changed": False, "before": None, "after": None, "sessions_left": 0, "waited": 0.0}
     try:
         _haproxy_admin.check_name("server", p["server"])
         _haproxy_admin.check_name("backend", p["backend"])
-        if p["wait_idle"] < 0:
-            raise _haproxy_admin.HaproxyAdminError("wait_idle is a number of seconds, 0 or more")
+        for option in ("wait_idle", "wait_up"):
+            if p[option] < 0:
+                raise _haproxy_admin.HaproxyAdminError("%s is a number of seconds, 0 or more" % option)
         current = _haproxy_admin.servers(p["socket"], p["backend"]).get(p["server"])
         if current is None:
             if p["missing_ok"]:
@@ -125,15 +141,27 @@ def main():
             raise _haproxy_admin.HaproxyAdminError(
                 "backend %s of the HAProxy at %s has no server %s" % (p["backend"], p["socket"], p["server"]))
         report["before"] = current["status"]
-        report["changed"] = needs_change(current["status"], p["state"])
+        # From the admin bits, not the status: a drained server whose checks fail (a restarting instance) is DOWN.
+        admin = _haproxy_admin.admin_states(p["socket"], p["backend"]).get(p["server"], 0)
+        report["changed"] = _haproxy_admin.needs_change(admin, p["state"])
         if module.check_mode:
             module.exit_json(**report)
         if report["changed"]:
             _haproxy_admin.set_state(p["socket"], p["backend"], p["server"], p["state"])
+        started = time.monotonic()
         if p["state"] == "drain" and p["wait_idle"] > 0:
-            started = time.monotonic()
             report["sessions_left"] = _haproxy_admin.wait_idle(p["socket"], p["backend"], p["server"], p["wait_idle"])
-            report["waited"] = round(time.monotonic() - started, 2)
+        if p["state"] == "ready" and p["wait_up"] > 0:
+            report["after"] = _haproxy_admin.wait_up(p["socket"], p["backend"], p["server"], p["wait_up"])
+        report["waited"] = round(time.monotonic() - started, 2)
+        if report["after"] is None:
+            report["after"] = _haproxy_admin.servers(p["socket"], p["backend"]).get(p["server"], {}).get("status")
+        if p["state"] == "ready" and p["wait_up"] > 0 and not _haproxy_admin.counts_as_up(report["after"] or ""):
+            raise _haproxy_admin.HaproxyAdminError(
+                "server %s of backend %s is back in rotation at the HAProxy at %s, but its health checks did not "
+                "count it up within %d s (wait_up): its status is %s. Until they pass it takes no request; check "
+                "that the gateway reaches the instance and that its /health answers 200 there" % (
+                    p["server"], p["backend"], p["socket"], p["wait_up"], report["after"]))
     except _haproxy_admin.HaproxyAdminError as exc:
         module.fail_json(msg=str(exc), **report)
     module.exit_json(**report)

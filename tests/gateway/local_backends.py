@@ -72,8 +72,9 @@ class Emulators:
                         INFEROPS_LAB_CLAIMS=os.path.join(workdir, "claims"),
                         VLLM_EMULATOR_FAULT_FILE=self.fault_file, PYTHONPATH=os.path.join(LAB, "gpu"))
 
-    def start(self, name, key, gpu, *extra):
-        port = free_port()
+    def start(self, name, key, gpu, *extra, port=None):
+        """Starts an emulator on `port` (a free one by default: the same one again for a restart)."""
+        port = port or free_port()
         log = open(os.path.join(self.workdir, "%s.log" % name), "w")
         env = dict(self.env, CUDA_VISIBLE_DEVICES=str(gpu))
         process = subprocess.Popen(self.command + ["serve", MODEL, "--port", str(port), "--api-key", key,

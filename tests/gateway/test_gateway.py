@@ -572,6 +572,61 @@ def test_a_drained_instance_finishes_its_stream_takes_no_new_request_and_comes_b
         gateway.close()
 
 
+def test_a_re_admitted_instance_is_waited_for_until_the_gateways_checks_count_it_up(own_fleet, tmp_path, certificates):
+    """A rolling restart drains the next instance only once the last one takes requests again: `ready` with wait_up
+    returns when HAProxy's checks pass, and fails, naming the status, when they do not in time."""
+    gateway = Gateway(tmp_path, host_vars(tmp_path, certificates, instances(own_fleet, ["a", "b"])))
+    socket_path = gateway.values["gateway_admin_socket"]
+
+    def status():
+        return _haproxy_admin.servers(socket_path, "vllm")["gw-a"]["status"]
+
+    try:
+        gateway.wait(lambda: gateway.request("/health")[0] == 200)
+        assert gateway_server(gateway, server="gw-a", state="drain")["changed"]
+        # As during its restart: drained, then stopped, so that its checks fail.
+        port = own_fleet.processes["a"][1]
+        own_fleet.stop("a")
+        gateway.wait(lambda: status().startswith("DOWN"))
+        refused = gateway_server(gateway, server="gw-a", state="ready", wait_up=2)
+        assert refused["failed"] and refused["changed"] and refused["before"].startswith("DOWN"), refused
+        assert refused["after"].startswith("DOWN") and refused["waited"] >= 2
+        assert "did not count it up within 2 s (wait_up): its status is DOWN" in refused["msg"]
+        # Out of the drain all the same (a drained server whose checks fail is DOWN too): it comes back by itself
+        # once its checks pass.
+        assert _haproxy_admin.admin_states(socket_path, "vllm")["gw-a"] == 0
+
+        # It starts again 3 s after the module took it out of the drain, while it waits: it returns once the checks
+        # pass.
+        healed = threading.Event()
+
+        def drained():
+            return _haproxy_admin.admin_states(socket_path, "vllm")["gw-a"] & _haproxy_admin.FORCED_DRAIN
+
+        def heal():
+            gateway.wait(lambda: not drained())
+            time.sleep(3)
+            own_fleet.start("a", BACKEND_KEY, 2, port=port)
+            healed.set()
+
+        assert gateway_server(gateway, server="gw-a", state="drain")["changed"]
+        assert drained()
+        healer = threading.Thread(target=heal, daemon=True)
+        healer.start()
+        back = gateway_server(gateway, server="gw-a", state="ready", wait_up=60)
+        assert healed.is_set()
+        assert not back["failed"] and back["changed"] and back["after"] == "UP", back
+        assert back["waited"] > 2
+        assert _haproxy_admin.counts_as_up(status())
+        # Already up: nothing to change, and no wait.
+        again = gateway_server(gateway, server="gw-a", state="ready", wait_up=60)
+        assert not again["changed"] and again["after"] == "UP" and again["waited"] < 1
+        assert gateway_server(gateway, server="gw-a", state="ready", wait_up=-1)["msg"] == (
+            "wait_up is a number of seconds, 0 or more")
+    finally:
+        gateway.close()
+
+
 def test_a_hung_instance_leaves_the_rotation_through_its_watchdog_and_the_other_serves(own_fleet, tmp_path,
                                                                                        certificates):
     """The real watchdog (as a plain python3 program, its default interval and probe timeout) answering HAProxy's
