@@ -157,6 +157,14 @@ def through_the_gateway(real):
                    every=0.5, stream_pause=4)
 
 
+def gateway_server_log(host, since):
+    """What the gateway's HAProxy logged about its servers since `since` (UTC, HH:MM:SS): drains, re-admits, checks
+    that failed or passed, with HAProxy's reason. Printed when a change under traffic failed a request."""
+    found = host.sh("journalctl -q -o short-iso --utc --since '%s' -u haproxy | grep -E 'Server vllm/|backend vllm' "
+                    "| tail -n 60" % since, check=False)
+    return found.stdout.strip() or "(HAProxy logged nothing about its servers)"
+
+
 def served_der(real, port):
     return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate((real["host"].ip, port), timeout=10))
 
@@ -258,10 +266,13 @@ def test_api_key_rotation_behind_the_gateway_fails_no_request_and_cuts_no_stream
     host, tmp = real["host"], real["tmp"]
     key_file = tmp / "new-key"
     started = {name: host.container_state("vllm-" + name)["StartedAt"] for name in PORTS}
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     with through_the_gateway(real) as client:
         rotation = playbook(os.path.join(RUNBOOKS, "rotate_api_key.yml"), real["inventory"],
                             {"runbook_hosts": host.name, "new_key_file": str(key_file), "phase": "all"})
     failed, cut = client.report("real vLLM key rotation (%.0f s)" % rotation.elapsed)
+    if failed or cut:
+        print("The gateway's log of its servers during the rotation:\n" + gateway_server_log(host, since))
     assert rotation.returncode == 0, rotation.stdout[-3000:]
     new_key = key_file.read_text().strip()
     assert new_key not in rotation.stdout
