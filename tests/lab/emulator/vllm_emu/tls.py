@@ -39,30 +39,52 @@ def _stat(path):
     return found.st_ino, found.st_mtime_ns
 
 
+# watchfiles.awatch's defaults, which vLLM's SSLCertRefresher keeps: changes are gathered until none came for STEP
+# seconds (or DEBOUNCE passed), then handed over as one batch.
+STEP = 0.05
+DEBOUNCE = 1.6
+IDLE_POLL = 0.1
+
+
 def _watch(paths, message, reload):
     """An inotify watch follows the file it was set on, not its name: when a file is replaced (an atomic rename)
     or removed, vLLM reloads once and then no longer sees that path change (seen with the real vLLM 0.32). Files
-    rewritten in place are followed for ever."""
+    rewritten in place are followed for ever. As in vLLM, each change of a batch logs and reloads: a pair written
+    within milliseconds is one batch, so no reload sees a new key with the old certificate."""
     watched = dict((path, _stat(path)) for path in paths)
     while watched:
-        time.sleep(0.5)
-        changed = []
-        for path, before in list(watched.items()):
-            now = _stat(path)
-            if now == before:
-                continue
-            if now is None or before is None or now[0] != before[0]:
-                changed.append(("deleted", path))
-                del watched[path]
-            else:
-                changed.append(("modified", path))
-                watched[path] = now
-        if not changed:
+        time.sleep(IDLE_POLL)
+        batch = _changes(watched)
+        if not batch:
             continue
-        for kind, path in changed:
+        started = time.monotonic()
+        while time.monotonic() - started < DEBOUNCE:
+            time.sleep(STEP)
+            more = _changes(watched)
+            if not more:
+                break
+            batch.extend(more)
+        for kind, path in batch:
             log.info("ssl.py:64", "File change detected: %s - %s" % (kind, path))
-        try:
-            log.info("ssl.py:34", message)
-            reload()
-        except (OSError, ssl.SSLError) as exc:
-            log.error("ssl.py:67", "SSLCertRefresher failed taking action on file change. Error: %s" % exc)
+            try:
+                log.info("ssl.py:34", message)
+                reload()
+            except (OSError, ssl.SSLError) as exc:
+                log.error("ssl.py:67", "SSLCertRefresher failed taking action on file change. Error: %s" % exc)
+                break
+
+
+def _changes(watched):
+    """The changes since the last look, as (kind, path); a replaced or removed file is no longer watched."""
+    changed = []
+    for path, before in list(watched.items()):
+        now = _stat(path)
+        if now == before:
+            continue
+        if now is None or before is None or now[0] != before[0]:
+            changed.append(("deleted", path))
+            del watched[path]
+        else:
+            changed.append(("modified", path))
+            watched[path] = now
+    return changed
