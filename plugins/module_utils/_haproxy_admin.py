@@ -142,13 +142,20 @@ def set_state(path, backend, server, state, timeout=5.0):
 
 def wait_idle(path, backend, server, deadline_seconds, interval=0.5, clock=time.monotonic, sleep=time.sleep):
     """Waits until the server has no session in flight; returns how many it still had when time ran out (0: idle)."""
+    last = _poll(path, backend, server, lambda current: current["sessions"] == 0, deadline_seconds, interval, clock,
+                 sleep)
+    return last["sessions"]
+
+
+def _poll(path, backend, server, done, deadline_seconds, interval, clock, sleep):
+    """Reads the server's `show stat` row until `done(row)` or the deadline; returns the last row read."""
     deadline = clock() + deadline_seconds
     while True:
         current = servers(path, backend).get(server)
         if current is None:
             raise HaproxyAdminError("backend %s has no server %s" % (backend, server))
-        if current["sessions"] == 0 or clock() >= deadline:
-            return current["sessions"]
+        if done(current) or clock() >= deadline:
+            return current
         sleep(interval)
 
 
@@ -162,11 +169,6 @@ def counts_as_up(status):
 def wait_up(path, backend, server, deadline_seconds, interval=0.5, clock=time.monotonic, sleep=time.sleep):
     """Waits until HAProxy's checks count the server up (it takes new requests again); returns its last status,
     which is not up when time ran out."""
-    deadline = clock() + deadline_seconds
-    while True:
-        current = servers(path, backend).get(server)
-        if current is None:
-            raise HaproxyAdminError("backend %s has no server %s" % (backend, server))
-        if counts_as_up(current["status"]) or clock() >= deadline:
-            return current["status"]
-        sleep(interval)
+    last = _poll(path, backend, server, lambda current: counts_as_up(current["status"]), deadline_seconds, interval,
+                 clock, sleep)
+    return last["status"]
