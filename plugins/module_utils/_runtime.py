@@ -10,25 +10,21 @@ import os
 import re
 import stat
 import time
-import traceback
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _command
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import MASK
 
-try:
-    import docker
-    from docker.errors import DockerException, NotFound
-except ImportError:
-    docker = None
-    DOCKER_IMPORT_ERROR = traceback.format_exc()
+# The modules read DOCKER_IMPORT_ERROR from here (missing_required_lib).
+from ansible_collections.inferops.vllm.plugins.module_utils._docker_sdk import DOCKER_IMPORT_ERROR, docker  # noqa: F401
 
+if docker is not None:
+    from docker.errors import DockerException, NotFound
+else:
     class DockerException(Exception):
         pass
 
     class NotFound(DockerException):
         pass
-else:
-    DOCKER_IMPORT_ERROR = None
 
 
 class RuntimeErrorInfo(Exception):

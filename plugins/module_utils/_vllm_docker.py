@@ -12,20 +12,16 @@ __metaclass__ = type
 
 import json
 import time
-import traceback
 
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_spec import LABEL_PREFIX
 
-try:
-    import docker
+# The modules read DOCKER_IMPORT_ERROR from here (missing_required_lib).
+from ansible_collections.inferops.vllm.plugins.module_utils._docker_sdk import DOCKER_IMPORT_ERROR, docker  # noqa: F401
+
+if docker is not None:
     from docker.errors import APIError, DockerException, ImageNotFound, NotFound
     from docker.models import containers as docker_containers
     from docker.types import DeviceRequest, LogConfig
-except ImportError:
-    docker = None
-    DOCKER_IMPORT_ERROR = traceback.format_exc()
-else:
-    DOCKER_IMPORT_ERROR = None
 
 NANOSECONDS = 1000 * 1000 * 1000
 # After its stop timeout Docker kills the container and waits only about 15 s for it to go. A vLLM process can take
