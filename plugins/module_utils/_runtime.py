@@ -14,8 +14,7 @@ import time
 from ansible_collections.inferops.vllm.plugins.module_utils import _command
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import MASK
 
-# The modules read DOCKER_IMPORT_ERROR from here (missing_required_lib).
-from ansible_collections.inferops.vllm.plugins.module_utils._docker_sdk import DOCKER_IMPORT_ERROR, docker  # noqa: F401
+from ansible_collections.inferops.vllm.plugins.module_utils._docker_sdk import docker
 
 if docker is not None:
     from docker.errors import DockerException, NotFound

@@ -14,7 +14,7 @@ import os
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.inferops.vllm.plugins.module_utils import (
-    _files, _nvml, _validate, _vllm_docker, _vllm_input, _vllm_serve_plan, _vllm_serve_validate, _vllm_spec,
+    _docker_sdk, _files, _nvml, _validate, _vllm_input, _vllm_serve_plan, _vllm_serve_validate, _vllm_spec,
     _vllm_units,
 )
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
@@ -47,8 +47,8 @@ class VllmServe(object):
         self.module.fail_json(msg=redact(msg, secrets, shapes=False), changed=self.changed, **extra)
 
     def require_docker_sdk(self):
-        if self.p["backend"] == "docker" and _vllm_docker.docker is None:
-            self.module.fail_json(msg=missing_required_lib("docker"), exception=_vllm_docker.DOCKER_IMPORT_ERROR)
+        if self.p["backend"] == "docker" and _docker_sdk.docker is None:
+            self.module.fail_json(msg=missing_required_lib("docker"), exception=_docker_sdk.DOCKER_IMPORT_ERROR)
 
     # ---- files ----
 

@@ -244,7 +244,7 @@ outcome:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.inferops.vllm.plugins.module_utils import (
-    _runtime, _validate, _vllm_client, _vllm_health, _vllm_metrics,
+    _docker_sdk, _validate, _vllm_client, _vllm_health, _vllm_metrics,
 )
 from ansible_collections.inferops.vllm.plugins.module_utils._redact import redact
 
@@ -291,8 +291,8 @@ def main():
         _validate.command_word("unit", p["unit"])
     except _validate.InputError as exc:
         module.fail_json(msg=str(exc))
-    if p["container"] and _runtime.docker is None:
-        module.fail_json(msg=missing_required_lib("docker"), exception=_runtime.DOCKER_IMPORT_ERROR)
+    if p["container"] and _docker_sdk.docker is None:
+        module.fail_json(msg=missing_required_lib("docker"), exception=_docker_sdk.DOCKER_IMPORT_ERROR)
     if _vllm_metrics.text_string_to_metric_families is None:
         module.warn("prometheus_client is not installed: /metrics is not read (%s)" % missing_required_lib(
             "prometheus-client"))
