@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The Docker SDK, imported one way for every module that talks to Docker.
 
-docker 5 (python3-docker on Debian 12 and Ubuntu 22.04) imports distutils.spawn for one function. There, setuptools'
+docker 5 (python3-docker on Debian 12) imports distutils.spawn for one function. There, setuptools' (66)
 distutils-precedence.pth hooks `import distutils` and hands out setuptools' own copy, which imports setuptools and
 pkg_resources first: about 0.2 s of every module run that uses Docker (a vllm_health run on a Debian 12 lab host took
 0.48-0.69 s with the hook, 0.31-0.46 s without). The interpreter's own distutils serves that function the same, so
@@ -29,7 +29,8 @@ def _step_around_setuptools_distutils():
         sys.meta_path.remove(finder)
     try:
         own = importlib.util.find_spec("distutils") is not None
-    except (ImportError, ValueError):
+    # Whatever it is, the hooks go back and the SDK is imported as it is.
+    except Exception:  # pylint: disable=broad-except
         own = False
     if not own:
         _put_back(hooks)
@@ -39,7 +40,9 @@ def _step_around_setuptools_distutils():
 
 def _put_back(hooks):
     for position, finder in hooks:
-        sys.meta_path.insert(position, finder)
+        # setuptools, imported meanwhile, may have put its hook back itself.
+        if finder not in sys.meta_path:
+            sys.meta_path.insert(position, finder)
 
 
 def _import_sdk():
@@ -54,8 +57,10 @@ _hooks = _step_around_setuptools_distutils()
 try:
     try:
         docker = _import_sdk()
-    except ImportError:
-        if not _hooks:
+    except ImportError as exc:
+        # Only a distutils the interpreter's own could not stand in for is retried (Debian's libpython3.11-stdlib
+        # ships distutils' __init__ and version without python3-distutils' spawn): a missing SDK is missing either way.
+        if not _hooks or (exc.name or "").partition(".")[0] != "distutils":
             raise
         # Whatever the interpreter's distutils lacked: forget the half-imported SDK and import it as it is.
         for _name in [name for name in sys.modules if name == "docker" or name.startswith("docker.")

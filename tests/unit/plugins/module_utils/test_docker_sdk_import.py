@@ -16,7 +16,7 @@ FAKE_SDK = {
         "import sys\n"
         "FINDERS_SEEN = [type(finder).__module__ for finder in sys.meta_path]\n"
         "if REFUSE_WITHOUT_HOOK and '_distutils_hack' not in FINDERS_SEEN:\n"
-        "    raise ImportError('No module named distutils.spawn')\n"
+        "    raise ModuleNotFoundError('No module named distutils.spawn', name='distutils.spawn')\n"
     ),
     "docker/errors.py": "class DockerException(Exception):\n    pass\n",
     "docker/models/__init__.py": "",
@@ -43,6 +43,9 @@ def _swapped(name):
 def sdk_dir(tmp_path, monkeypatch):
     """The stand-in SDK first on sys.path, and the modules it replaces out of sys.modules until the test ends."""
     saved = {name: module for name, module in sys.modules.items() if _swapped(name)}
+    # A fresh import also sets the package's attribute: the modules imported before the test must find the old one.
+    package = importlib.import_module(MODULE.rpartition(".")[0])
+    monkeypatch.setattr(package, "_docker_sdk", getattr(package, "_docker_sdk", None), raising=False)
 
     def make(refuse_without_hook=False, present=True):
         if present:
@@ -114,6 +117,18 @@ def test_an_sdk_that_needs_the_hook_is_imported_again_with_it(sdk_dir, hook, mon
     assert sys.meta_path.count(hook) == 1 and sys.meta_path[1] is hook
 
 
+def test_an_sdk_that_fails_for_another_reason_is_not_imported_twice(sdk_dir, hook, monkeypatch, tmp_path):
+    sdk_dir()
+    (tmp_path / "docker" / "__init__.py").write_text(
+        "import sys\nsys.IMPORTS_OF_DOCKER = getattr(sys, 'IMPORTS_OF_DOCKER', 0) + 1\nimport no_such_dependency\n")
+    monkeypatch.setattr(sys, "IMPORTS_OF_DOCKER", 0, raising=False)
+    interpreter_distutils(monkeypatch, present=True)
+    sdk = load()
+    assert sdk.docker is None and "no_such_dependency" in sdk.DOCKER_IMPORT_ERROR
+    assert sys.IMPORTS_OF_DOCKER == 1
+    assert sys.meta_path.count(hook) == 1 and sys.meta_path[1] is hook
+
+
 def test_no_sdk_is_reported_not_raised_and_the_hook_is_back(sdk_dir, hook, monkeypatch):
     sdk_dir(present=False)
     interpreter_distutils(monkeypatch, present=True)
@@ -121,6 +136,17 @@ def test_no_sdk_is_reported_not_raised_and_the_hook_is_back(sdk_dir, hook, monke
     assert sdk.docker is None
     assert "ImportError" in sdk.DOCKER_IMPORT_ERROR or "ModuleNotFoundError" in sdk.DOCKER_IMPORT_ERROR
     assert sys.meta_path.count(hook) == 1 and sys.meta_path[1] is hook
+
+
+def test_a_hook_setuptools_put_back_itself_is_not_listed_twice(sdk_dir, hook, monkeypatch, tmp_path):
+    sdk_dir()
+    init = tmp_path / "docker" / "__init__.py"
+    # As setuptools' add_shim does when setuptools is imported: its one hook, first on sys.meta_path.
+    init.write_text("import sys\nsys.meta_path.insert(0, sys.SETUPTOOLS_HOOK)\n" + init.read_text())
+    monkeypatch.setattr(sys, "SETUPTOOLS_HOOK", hook, raising=False)
+    interpreter_distutils(monkeypatch, present=True)
+    load()
+    assert sys.meta_path.count(hook) == 1
 
 
 def test_without_any_hook_the_sdk_is_imported_as_it_is(sdk_dir, monkeypatch):
