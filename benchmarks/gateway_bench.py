@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "gateway"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "unit"))
 
 import test_gateway as gw  # noqa: E402
 from local_backends import MODEL, Emulators  # noqa: E402

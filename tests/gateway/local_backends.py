@@ -3,13 +3,10 @@ lab host. The emulator is the lab's (tests/lab/emulator), staged with the flag c
 over the lab's fake NVML built here with gcc, and with a fault file a test may write (its `hang`, `engine_dead`...).
 """
 import atexit
-import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,32 +14,14 @@ import time
 import urllib.error
 import urllib.request
 
+from local_ports import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 LAB = os.path.join(ROOT, "tests", "lab")
 # Debian's HAProxy, unpacked by tools/fetch-prometheus-tools.sh (the unit stage runs it).
 HAPROXY = os.path.join(ROOT, "build", "tools", "bin", "haproxy")
 MODEL = "facebook/opt-125m"
-
-
-def free_port():
-    """A port nothing listens on, below the kernel's ephemeral range. A port from that range (what bind(0) gives) may
-    be taken by any outgoing connection between this check and the server's own bind: an emulator once failed to
-    start with EADDRINUSE in the unit stage, where two workers run tests that open many connections."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
-            ephemeral_low = int(handle.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    for _attempt in range(500):
-        port = random.randint(10000, max(10001, ephemeral_low - 1))
-        with contextlib.closing(socket.socket()) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port between 10000 and %d" % ephemeral_low)
 
 
 _BUILT = []

@@ -19,7 +19,8 @@ import yaml
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _haproxy_admin
 from grafana_queries import dashboard, panel_queries
-from local_backends import HAPROXY, MODEL, ROOT, Emulators, free_port
+from local_backends import HAPROXY, MODEL, ROOT, Emulators
+from local_ports import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKEND_KEY = "backend-key-3f9a7c2e"

@@ -20,6 +20,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from ansible_collections.inferops.vllm.plugins.module_utils import _gpu_metrics, _watchdog
+from local_ports import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REAL_VLLM_METRICS = os.path.join(HERE, "fixtures", "real-vllm-0.32.0.metrics")
@@ -79,12 +80,6 @@ def collector_text():
               "clocks_event_reasons": 0}
     return _gpu_metrics.render({"count": 1, "devices": [device]}, {("00000000:3B:00.0", "79"): 1}, True,
                                time.time())
-
-
-def free_port():
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scrape(url, deadline=20.0):

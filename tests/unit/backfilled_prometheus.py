@@ -8,13 +8,14 @@ collector's), and one known hole: the instance's requests-running series has no 
 
 import contextlib
 import os
-import socket
 import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+
+from local_ports import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "build", "tools", "bin")
@@ -75,12 +76,6 @@ def openmetrics(host, instance, end):
         lines.append("# TYPE %s unknown" % name)
         lines.extend(samples)
     return "\n".join(lines) + "\n# EOF\n"
-
-
-def free_port():
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_tls(work):

@@ -1,7 +1,6 @@
 """vllm_health's client, metrics, verdicts and waiting, against servers made in the test (no Ansible)."""
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_health 
 from ansible_collections.inferops.vllm.plugins.module_utils import _vllm_metrics as vm
 from ansible_collections.inferops.vllm.plugins.module_utils._vllm_client import Endpoint, ProbeError
 from hostile_servers import Hostile
+from local_ports import free_port
 from text_cases import recase
 
 METRICS_033 = """# TYPE vllm:num_requests_running gauge
@@ -210,12 +210,6 @@ def test_wrong_key_and_wrong_model(fake):
 def test_nothing_listening_is_down():
     report = vh.probe(config("http://127.0.0.1:%d" % free_port()), with_gpus=False)
     assert report["status"] == "down" and report["failed_checks"] == ["tcp"]
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_wait_returns_as_soon_as_ready():
