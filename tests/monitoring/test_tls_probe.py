@@ -21,7 +21,8 @@ import urllib.parse
 
 import pytest
 
-from monitoring_sources import blackbox_exporter, certificate, free_port, running, scrape, tls_server
+from local_ports import free_port
+from monitoring_sources import blackbox_exporter, certificate, running, scrape, tls_server
 from promql import VARIANTS as RULES_VARIANTS
 from promql import rendered_variant, tool
 from test_prometheus_config import VARIANTS, load, render, variant
