@@ -109,6 +109,12 @@ def plan(files, directories, absent):
     return checked_files, checked_dirs, checked_absent
 
 
+def existing(paths):
+    """Those of `paths` that exist now (a symlink counts, even a dangling one). Raises ConfigError for a bad path."""
+    return [path for index, path in enumerate(paths)
+            if os.path.lexists(_path("report_existing[%d]" % index, path))]
+
+
 def _ids(item, field, check_mode):
     """(uid, gid) of the item's owner and group; None in check mode when one does not exist yet (its package,
     which the same run would install, creates it)."""

@@ -94,6 +94,15 @@ options:
     type: list
     elements: str
     default: []
+  report_existing:
+    description:
+      - Paths to look for, read before anything is written; RV(existing) lists those that exist. A role that
+        removes what an earlier configuration left (a unit, a rules file) learns here whether there is any, in
+        the same module run.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.4.0
 """
 
 EXAMPLES = r"""
@@ -122,6 +131,13 @@ changed_paths:
   type: list
   elements: str
   sample: [/etc/prometheus/blackbox.yml]
+existing:
+  description: Those of O(report_existing) that existed before this run wrote anything (a symlink counts).
+  returned: success
+  type: list
+  elements: str
+  sample: [/etc/systemd/system/inferops-vllm-watchdog.service]
+  version_added: 0.4.0
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -147,16 +163,18 @@ def main():
                 group=dict(type="str", default="root"),
             )),
             absent=dict(type="list", elements="str", default=[]),
+            report_existing=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
         files, directories, absent = _config_files.plan(p["files"], p["directories"], p["absent"])
+        existing = _config_files.existing(p["report_existing"])
         changed, diffs = _config_files.apply(files, directories, absent, module.check_mode, module._diff)
     except (_config_files.ConfigError, _files.FileError) as exc:
         module.fail_json(msg=str(exc))
-    result = dict(changed=bool(changed), changed_paths=changed)
+    result = dict(changed=bool(changed), changed_paths=changed, existing=existing)
     if module._diff:
         result["diff"] = diffs
     module.exit_json(**result)

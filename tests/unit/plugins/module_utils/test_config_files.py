@@ -199,6 +199,17 @@ def test_leftovers_are_removed_and_a_directory_in_their_place_is_refused(tmp_pat
         run(absent=[str(tmp_path / "dir")])
 
 
+def test_existing_lists_the_paths_there_in_their_order_a_dangling_symlink_too_and_refuses_a_bad_one(tmp_path):
+    (tmp_path / "unit.service").write_text("x")
+    (tmp_path / "rules.nft").symlink_to(tmp_path / "gone")
+    (tmp_path / "dir").mkdir()
+    asked = [str(tmp_path / name) for name in ("rules.nft", "never", "unit.service", "dir")]
+    assert cf.existing(asked) == [asked[0], asked[2], asked[3]]
+    assert cf.existing([]) == []
+    with pytest.raises(cf.ConfigError, match=r"report_existing\[1\]: .* is not a normalised absolute path"):
+        cf.existing([asked[0], str(tmp_path) + "/../etc/passwd"])
+
+
 def test_a_symlink_where_a_directory_should_be_is_refused(tmp_path):
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
