@@ -114,11 +114,16 @@ if [[ " ${stages[*]} " == *" realvllm "* ]]; then
     real_image_pid=$!
 fi
 
-for stage in "${stages[@]}"; do
+# sanity, lint and build each keep about one core busy and only read the working tree (sanity copies it, build writes
+# build/dist): consecutive ones run side by side, which takes about 80 s less on 2 cores than one after another.
+# Each one's output is shown whole once all of them ended, in the usual order.
+side_by_side=" sanity lint build "
+
+run_stage() {
+    local stage=$1 log="build/logs/$1.log" start
     echo
     echo "=== stage: $stage"
     start=$(date +%s)
-    log="build/logs/$stage.log"
     if [ "$stage" = realvllm ] && [ -n "$real_image_pid" ]; then
         if ! wait "$real_image_pid"; then
             tail -n 40 build/logs/real-image.log
@@ -128,13 +133,59 @@ for stage in "${stages[@]}"; do
         tail -n 1 build/logs/real-image.log
     fi
     if ! "stage_$stage" 2>&1 | tee "$log"; then
-        echo
-        echo "=== first failures in $log:"
-        failure_excerpt "$log"
-        echo "=== stage $stage FAILED after $(($(date +%s) - start)) s"
-        exit 1
+        stage_failed "$stage" "$start"
     fi
     timings+=("$stage $(($(date +%s) - start))s")
+}
+
+stage_failed() {
+    echo
+    echo "=== first failures in build/logs/$1.log:"
+    failure_excerpt "build/logs/$1.log"
+    echo "=== stage $1 FAILED after $(($(date +%s) - $2)) s"
+    exit 1
+}
+
+run_side_by_side() {
+    local stage start failed=()
+    local -A pid=()
+    start=$(date +%s)
+    echo
+    echo "=== stages side by side: $*"
+    for stage in "$@"; do
+        (
+            rc=0
+            "stage_$stage" >"build/logs/$stage.log" 2>&1 || rc=$?
+            echo "$(($(date +%s) - start))" >"build/logs/$stage.seconds"
+            exit "$rc"
+        ) &
+        pid[$stage]=$!
+    done
+    for stage in "$@"; do
+        wait "${pid[$stage]}" || failed+=("$stage")
+    done
+    for stage in "$@"; do
+        echo
+        echo "=== stage: $stage (beside: $*)"
+        cat "build/logs/$stage.log"
+        timings+=("$stage $(cat "build/logs/$stage.seconds")s")
+    done
+    [ ${#failed[@]} -eq 0 ] || stage_failed "${failed[0]}" "$start"
+}
+
+group=()
+for stage in "${stages[@]}" end; do
+    if [[ "$side_by_side" == *" $stage "* ]]; then
+        group+=("$stage")
+        continue
+    fi
+    if [ ${#group[@]} -gt 1 ]; then
+        run_side_by_side "${group[@]}"
+    elif [ ${#group[@]} -eq 1 ]; then
+        run_stage "${group[0]}"
+    fi
+    group=()
+    [ "$stage" = end ] || run_stage "$stage"
 done
 echo
 echo "=== all stages passed: ${timings[*]}"
