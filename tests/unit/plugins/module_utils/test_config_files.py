@@ -199,12 +199,14 @@ def test_leftovers_are_removed_and_a_directory_in_their_place_is_refused(tmp_pat
         run(absent=[str(tmp_path / "dir")])
 
 
-def test_existing_lists_the_paths_there_in_their_order_a_dangling_symlink_too_and_refuses_a_bad_one(tmp_path):
+def test_existing_lists_the_files_there_in_their_order_a_dangling_symlink_too_and_refuses_a_bad_path(tmp_path):
     (tmp_path / "unit.service").write_text("x")
     (tmp_path / "rules.nft").symlink_to(tmp_path / "gone")
     (tmp_path / "dir").mkdir()
-    asked = [str(tmp_path / name) for name in ("rules.nft", "never", "unit.service", "dir")]
-    assert cf.existing(asked) == [asked[0], asked[2], asked[3]]
+    (tmp_path / "dir-link").symlink_to(tmp_path / "dir")
+    asked = [str(tmp_path / name) for name in ("rules.nft", "never", "unit.service", "dir", "dir-link")]
+    # A directory is not a file the role could remove as one; a symlink to it is (removing it keeps the directory).
+    assert cf.existing(asked) == [asked[0], asked[2], asked[4]]
     assert cf.existing([]) == []
     with pytest.raises(cf.ConfigError, match=r"report_existing\[1\]: .* is not a normalised absolute path"):
         cf.existing([asked[0], str(tmp_path) + "/../etc/passwd"])
